@@ -1,0 +1,3 @@
+from dmforge.cli import main
+
+main()

@@ -1,0 +1,126 @@
+"""The `dmforge` command: a thin layer that parses options, calls a pipeline stage, and prints.
+
+Every user-fixable problem arrives here as a `DmforgeError` and leaves as one paragraph on
+stderr with a non-zero exit code; Ctrl-C leaves quietly with 130.
+"""
+
+from __future__ import annotations
+
+import json
+import sys
+from pathlib import Path
+from typing import Annotated
+
+import typer
+from rich.console import Console
+from rich.markup import escape
+from rich.table import Table
+
+from dmforge import __version__
+from dmforge.config import DmforgeConfig, load_config
+from dmforge.errors import DmforgeError
+from dmforge.scenarios import CheckReport, Severity, check_paths
+from dmforge.tools.registry import RegistryError, load_registry
+
+app = typer.Typer(
+    help="Turn Markdown D&D scenarios into an on-device Dungeon Master model for Cactus.",
+    no_args_is_help=True,
+    add_completion=False,
+    pretty_exceptions_enable=False,
+)
+data_app = typer.Typer(help="Check scenarios and build the training dataset.", no_args_is_help=True)
+app.add_typer(data_app, name="data")
+
+console = Console()
+err_console = Console(stderr=True)
+
+ConfigOption = Annotated[
+    Path | None, typer.Option("--config", "-c", help="A dmforge config file (YAML or TOML).", show_default=False)
+]
+
+
+def _version(value: bool) -> None:
+    if value:
+        console.print(f"dmforge {__version__}")
+        raise typer.Exit()
+
+
+@app.callback()
+def _root(
+    version: Annotated[
+        bool, typer.Option("--version", callback=_version, is_eager=True, help="Show the version.")
+    ] = False,
+) -> None:
+    pass
+
+
+def _registry(config: DmforgeConfig):
+    try:
+        return load_registry(config.data.tool_registry)
+    except RegistryError as exc:
+        raise DmforgeError(f"{exc}. Fix the file, or remove `data.tool_registry` to use the built-in one.") from exc
+
+
+def _print_check(report: CheckReport) -> None:
+    by_file: dict[str, list] = {}
+    for d in report.diagnostics:
+        by_file.setdefault(d.file, []).append(d)
+    for file, diags in by_file.items():
+        table = Table(title=escape(file), title_justify="left", header_style="bold", expand=True)
+        table.add_column("line", justify="right", no_wrap=True)
+        table.add_column("severity", no_wrap=True)
+        table.add_column("code", no_wrap=True)
+        table.add_column("problem, and how to fix it", overflow="fold", ratio=1)
+        for d in diags:
+            colour = "red" if d.severity is Severity.ERROR else "yellow"
+            table.add_row(
+                str(d.line),
+                f"[{colour}]{d.severity.value}[/]",
+                d.code,
+                f"{escape(d.message)}\n[dim]{escape(d.hint)}[/]",
+            )
+        console.print(table)
+    verdict = "[red]errors found[/]" if report.errors else "[green]ok[/]"
+    calls = ", ".join(f"{name} {n}" for name, n in report.calls_by_tool().items()) or "none"
+    console.print(
+        f"{verdict}: {report.files} files, {len(report.scenarios)} scenarios, {report.dm_turns} DM turns, "
+        f"{report.tool_calls} tool calls ({calls}); "
+        f"[red]{report.errors} errors[/], [yellow]{report.warnings} warnings[/]"
+    )
+
+
+@data_app.command("check")
+def data_check(
+    paths: Annotated[
+        list[Path] | None, typer.Argument(help="Scenario files or folders. Default: the configured scenarios folder.")
+    ] = None,
+    as_json: Annotated[bool, typer.Option("--json", help="Print one JSON object for scripts and CI.")] = False,
+    config_file: ConfigOption = None,
+) -> None:
+    """Validate scenarios: exit 0 when there are no errors (warnings allowed), 1 when there are."""
+    config = load_config(config_file)
+    report = check_paths(paths or [config.data.scenarios], _registry(config), config.data.max_file_bytes)
+    if as_json:
+        sys.stdout.write(json.dumps(report.to_json(), indent=2, ensure_ascii=False) + "\n")
+    else:
+        _print_check(report)
+    raise typer.Exit(1 if report.errors else 0)
+
+
+def main() -> None:
+    """Entry point: run the app and turn every expected failure into one readable paragraph."""
+    try:
+        # Without standalone mode Click returns the code given to `typer.Exit` instead of exiting.
+        code = app(standalone_mode=False)
+    except DmforgeError as exc:
+        err_console.print(f"[bold red]error:[/] {exc}", highlight=False, soft_wrap=True)
+        sys.exit(exc.exit_code)
+    except (KeyboardInterrupt, typer.Abort):
+        err_console.print(
+            "[yellow]Interrupted.[/] Nothing half-written was left behind; run the command again to resume."
+        )
+        sys.exit(130)
+    except typer.TyperException as exc:  # usage errors: unknown option, missing argument (exit 2)
+        exc.show()  # type: ignore[attr-defined]
+        sys.exit(exc.exit_code)
+    sys.exit(code if isinstance(code, int) else 0)

@@ -1,0 +1,140 @@
+"""The one validated config schema: every option dmforge has, its default and its meaning.
+
+A run reads a YAML or TOML file into `DmforgeConfig`, applies command-line overrides on top,
+and saves the resolved result next to its outputs. Unknown keys are errors with a suggestion,
+never silently ignored.
+"""
+
+from __future__ import annotations
+
+import difflib
+import string
+import tomllib
+from pathlib import Path
+from typing import Any
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
+
+from dmforge.errors import DmforgeError
+from dmforge.scenarios.reader import DEFAULT_MAX_FILE_BYTES
+
+DEFAULT_DM_PROMPT = (
+    "You are the Dungeon Master of a Dungeons & Dragons 5e game. Narrate vividly in a few sentences, "
+    "voice the world's characters, and hand the turn back to the players. When the rules call for dice, "
+    "write a tool call in square brackets, such as [roll: perception] or [attack: longsword, target=goblin], "
+    "and wait for its result before you narrate the outcome."
+)
+
+# What the system message is made of. The app must send exactly this text, so the placeholders are
+# few, documented and validated: {system} is the scenario's SYSTEM section or `system_prompt`.
+DEFAULT_SYSTEM_TEMPLATE = "{system}\n\nWorld: {world}\nLocation: {location}\nParty: {party}"
+SYSTEM_TEMPLATE_FIELDS = frozenset({"system", "title", "world", "location", "party", "category", "tags", "level"})
+
+
+class _Section(BaseModel):
+    model_config = ConfigDict(extra="forbid", validate_assignment=True)
+
+
+class DataConfig(_Section):
+    """Reading scenarios and building the dataset."""
+
+    scenarios: Path = Field(Path("data/scenarios"), description="Folder of Markdown scenarios, one per file.")
+    out: Path = Field(Path("data/dataset"), description="Where `dmforge data build` writes the dataset.")
+    max_file_bytes: int = Field(DEFAULT_MAX_FILE_BYTES, gt=0, description="Larger scenario files are rejected.")
+    tool_registry: Path | None = Field(None, description="A tool registry YAML file; the built-in one when unset.")
+    system_prompt: str = Field(DEFAULT_DM_PROMPT, min_length=1, description="Used when a scenario has no SYSTEM.")
+    system_template: str = Field(
+        DEFAULT_SYSTEM_TEMPLATE,
+        description="How the system message is composed. Placeholders: "
+        + ", ".join(f"{{{f}}}" for f in sorted(SYSTEM_TEMPLATE_FIELDS))
+        + ".",
+    )
+    validation_fraction: float = Field(
+        0.15, ge=0.0, le=0.5, description="Share of each category's scenarios held out for validation."
+    )
+    seed: int = Field(1234, description="Seed for the split and for augmentation; same seed, same dataset.")
+    augment_copies: int = Field(
+        0, ge=0, le=10, description="Extra renamed copies of each training scenario (party and places)."
+    )
+    dedupe: bool = Field(True, description="Drop conversations that are exact duplicates of another.")
+
+    @field_validator("system_template")
+    @classmethod
+    def _known_placeholders(cls, template: str) -> str:
+        try:
+            used = {name for _, name, _, _ in string.Formatter().parse(template) if name is not None}
+        except ValueError as exc:
+            raise ValueError(f"is not a valid template ({exc}); write literal braces as {{{{ and }}}}") from exc
+        unknown = used - SYSTEM_TEMPLATE_FIELDS
+        if unknown:
+            raise ValueError(
+                f"uses unknown placeholder(s) {', '.join(sorted(unknown))}; "
+                f"known: {', '.join(sorted(SYSTEM_TEMPLATE_FIELDS))}"
+            )
+        if "system" not in used:
+            raise ValueError("must contain {system}, or the DM instructions would be lost")
+        return template
+
+
+class DmforgeConfig(_Section):
+    data: DataConfig = DataConfig()
+
+
+def _read_file(path: Path) -> dict[str, Any]:
+    try:
+        text = path.read_text("utf-8")
+    except OSError as exc:
+        raise DmforgeError(f"Cannot read the config file {path}: {exc.strerror}. Check the path.") from exc
+    try:
+        data = tomllib.loads(text) if path.suffix == ".toml" else yaml.safe_load(text)
+    except (tomllib.TOMLDecodeError, yaml.YAMLError) as exc:
+        raise DmforgeError(f"The config file {path} cannot be parsed: {exc}. Fix the syntax and run again.") from exc
+    if data is None:
+        return {}
+    if not isinstance(data, dict):
+        raise DmforgeError(f"The config file {path} must be a mapping of sections such as `data:`.")
+    return data
+
+
+def _explain(exc: ValidationError, source: str) -> DmforgeError:
+    lines = []
+    for error in exc.errors():
+        where = ".".join(str(p) for p in error["loc"])
+        if error["type"] == "extra_forbidden":
+            section = DmforgeConfig
+            for part in error["loc"][:-1]:
+                section = section.model_fields[str(part)].annotation  # type: ignore[assignment]
+            close = difflib.get_close_matches(str(error["loc"][-1]), list(section.model_fields), n=1)
+            tip = f" Did you mean `{close[0]}`?" if close else f" Known: {', '.join(section.model_fields)}."
+            lines.append(f"`{where}` is not an option.{tip}")
+        else:
+            lines.append(f"`{where}`: {error['msg']}.")
+    return DmforgeError(f"The config in {source} is invalid: " + " ".join(lines))
+
+
+def load_config(path: Path | None = None, overrides: dict[str, dict[str, Any]] | None = None) -> DmforgeConfig:
+    """The config from `path` (or the defaults) with command-line `overrides` applied, validated."""
+    data = _read_file(path) if path else {}
+    for section, values in (overrides or {}).items():
+        data.setdefault(section, {})
+        data[section].update({k: v for k, v in values.items() if v is not None})
+    try:
+        return DmforgeConfig.model_validate(data)
+    except ValidationError as exc:
+        raise _explain(exc, str(path) if path else "the command-line options") from exc
+
+
+def compose_system_prompt(config: DataConfig, header: Any, system: str | None) -> str:
+    """The system message for a scenario: what training sees and what the app must send."""
+    values = {
+        "system": (system or config.system_prompt).strip(),
+        "title": header.title,
+        "world": header.world,
+        "location": header.location,
+        "party": header.party,
+        "category": header.category,
+        "tags": ", ".join(header.tags),
+        "level": "" if header.level is None else str(header.level),
+    }
+    return config.system_template.format(**values).strip()

@@ -1,0 +1,260 @@
+"""Every problem dmforge can find in a scenario, with a stable code, a severity and a fix.
+
+The catalog is the single place a code is defined: the reader only says *which* code fired
+and fills in the details, so the wording of hints stays consistent and `docs/diagnostics.md`
+can be checked against it.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from enum import StrEnum
+from pathlib import Path
+
+from pydantic import BaseModel
+
+
+class Severity(StrEnum):
+    ERROR = "error"
+    WARNING = "warning"
+
+
+@dataclass(frozen=True)
+class Rule:
+    code: str
+    severity: Severity
+    summary: str
+    hint: str
+
+
+_RULES = [
+    # Reading the file
+    Rule(
+        "file-unreadable",
+        Severity.ERROR,
+        "the file cannot be read",
+        "Check that the path exists and that you have permission to read it.",
+    ),
+    Rule(
+        "file-empty",
+        Severity.ERROR,
+        "the file is empty",
+        "Write a scenario into it (see the example in the scenario format) or delete the file.",
+    ),
+    Rule(
+        "file-not-utf8",
+        Severity.ERROR,
+        "the file is not valid UTF-8",
+        "Re-save the file as UTF-8 (in most editors: Save As → Encoding → UTF-8).",
+    ),
+    Rule(
+        "file-too-large",
+        Severity.ERROR,
+        "the file is larger than the size limit",
+        "Split it into several scenarios, or raise `data.max_file_bytes` in your dmforge config.",
+    ),
+    # Header
+    Rule(
+        "header-missing-key",
+        Severity.ERROR,
+        "a required header key is missing",
+        "Add a `Key: value` line before the first `## ` section.",
+    ),
+    Rule(
+        "header-empty-value",
+        Severity.ERROR,
+        "a header key has no value",
+        "Write a value after the colon, or remove the line if the key is optional.",
+    ),
+    Rule(
+        "header-unknown-key",
+        Severity.WARNING,
+        "a header key dmforge does not know",
+        "Known keys are Role, World, Location, Party, Category, Tags, Level and Notes; "
+        "fix the spelling, or keep it as metadata and ignore this warning.",
+    ),
+    Rule(
+        "header-duplicate-key",
+        Severity.WARNING,
+        "a header key is given twice",
+        "Keep one of the lines; dmforge uses the last one.",
+    ),
+    Rule(
+        "header-bad-role",
+        Severity.ERROR,
+        "the Role is not Dungeon Master",
+        "dmforge trains a Dungeon Master model: write `Role: Dungeon Master`.",
+    ),
+    Rule(
+        "header-bad-level",
+        Severity.WARNING,
+        "the Level is not a number from 1 to 20",
+        "Write the party's level as a whole number, e.g. `Level: 3`.",
+    ),
+    Rule(
+        "header-stray-text",
+        Severity.WARNING,
+        "text before the first section that is not a header line",
+        "Move the text into a section, or turn it into a `Key: value` header line (e.g. `Notes: ...`).",
+    ),
+    Rule(
+        "front-matter-invalid",
+        Severity.ERROR,
+        "the YAML front matter cannot be read",
+        "Fix the YAML between the `---` lines: one `key: value` per line.",
+    ),
+    Rule(
+        "front-matter-unclosed",
+        Severity.ERROR,
+        "the YAML front matter has no closing `---`",
+        "Add a line with `---` after the last header key.",
+    ),
+    # Sections and turn order
+    Rule(
+        "section-unknown",
+        Severity.ERROR,
+        "a `## ` heading that is not a known section",
+        "Use one of SYSTEM, User, DM or TOOLCALL (or an alias such as Player, GM, Roll).",
+    ),
+    Rule(
+        "section-empty",
+        Severity.ERROR,
+        "a section with no text",
+        "Write the turn's text under the heading, or remove the heading.",
+    ),
+    Rule(
+        "system-misplaced",
+        Severity.ERROR,
+        "the SYSTEM section comes after a turn",
+        "Move the SYSTEM section above the first User or DM turn.",
+    ),
+    Rule("system-duplicate", Severity.ERROR, "more than one SYSTEM section", "Merge them into one SYSTEM section."),
+    Rule(
+        "turn-repeated",
+        Severity.ERROR,
+        "two turns of the same kind in a row",
+        "Merge the two sections into one, or add the missing turn between them.",
+    ),
+    Rule(
+        "turn-trailing-user",
+        Severity.WARNING,
+        "the file ends with a User turn, which is dropped",
+        "Add the DM's reply after it, or delete the last User turn.",
+    ),
+    Rule(
+        "scenario-no-dm-turn",
+        Severity.ERROR,
+        "the scenario has no DM turn",
+        "Add at least one `## DM` section: the DM's replies are what the model learns.",
+    ),
+    # Tool calls in DM text
+    Rule(
+        "call-unclosed-bracket",
+        Severity.ERROR,
+        "a `[` with no matching `]` on the same line",
+        "Close the bracket, e.g. `[roll: perception]`; a tool call must fit on one line.",
+    ),
+    Rule(
+        "call-malformed",
+        Severity.ERROR,
+        "bracketed text that starts like a tool call but does not parse",
+        "Write `[name]` or `[name: positional, key=value]`: positional values first, then key=value pairs.",
+    ),
+    Rule(
+        "call-not-a-call",
+        Severity.WARNING,
+        "bracketed text in a DM turn that is not a tool call",
+        "The app reads every bracket in a DM reply as a tool call: reword it without square brackets, "
+        "or write a real call such as `[roll: perception]`.",
+    ),
+    Rule(
+        "tool-unknown",
+        Severity.ERROR,
+        "a tool name that is not in the tool registry",
+        "Fix the name, or add the tool to the registry (`dmforge/tools/registry.yaml` or your "
+        "`data.tool_registry` file).",
+    ),
+    Rule(
+        "tool-bad-arguments",
+        Severity.ERROR,
+        "a tool call's arguments do not fit the registry",
+        "Fix the argument as the message says; `dmforge data check --json` lists every place.",
+    ),
+    # TOOLCALL sections
+    Rule(
+        "toolcall-orphan",
+        Severity.ERROR,
+        "a TOOLCALL section that does not follow a DM turn with tool calls",
+        "Put the TOOLCALL right after the DM turn that makes the calls, or remove it.",
+    ),
+    Rule(
+        "toolcall-bad-line",
+        Severity.ERROR,
+        "a TOOLCALL line that is not `[call] => result`",
+        "Write one line per call: the call exactly as the DM wrote it, `=>` (or `->`, `→`), the result.",
+    ),
+    Rule(
+        "toolcall-mismatch",
+        Severity.ERROR,
+        "a TOOLCALL line names a different call than the DM made",
+        "Copy the call exactly as the DM wrote it, in the same order as in the DM turn.",
+    ),
+    Rule(
+        "toolcall-missing-result",
+        Severity.ERROR,
+        "a call in the DM turn has no result in the TOOLCALL section",
+        "Add a `[call] => result` line for every call the DM turn makes, in order.",
+    ),
+    Rule(
+        "toolcall-no-continuation",
+        Severity.ERROR,
+        "a TOOLCALL section that no DM turn follows",
+        "Add a `## DM` section after it in which the DM uses the result.",
+    ),
+    # Dataset build
+    Rule(
+        "scenario-duplicate",
+        Severity.WARNING,
+        "the scenario is an exact duplicate of another file",
+        "Delete one of the copies; dmforge keeps only the first.",
+    ),
+    Rule(
+        "internal-error",
+        Severity.ERROR,
+        "dmforge failed on this file",
+        "This is a bug in dmforge: please report it with the file attached. The other files were read.",
+    ),
+]
+
+RULES: dict[str, Rule] = {rule.code: rule for rule in _RULES}
+
+
+class Diagnostic(BaseModel):
+    """One problem, located precisely enough that an editor can jump to it."""
+
+    code: str
+    severity: Severity
+    file: str
+    line: int
+    message: str
+    hint: str
+
+    def render(self) -> str:
+        return f"{self.file}:{self.line}: {self.severity.value} [{self.code}] {self.message} — {self.hint}"
+
+
+def diagnose(code: str, file: str | Path, line: int, message: str, hint: str | None = None) -> Diagnostic:
+    """Build a diagnostic for a catalogued code; `hint` overrides the catalog's when it can be more exact."""
+    rule = RULES[code]
+    return Diagnostic(
+        code=code,
+        severity=rule.severity,
+        file=str(file),
+        line=max(line, 1),
+        message=message,
+        hint=hint or rule.hint,
+    )
+
+
+def count(diagnostics: list[Diagnostic], severity: Severity) -> int:
+    return sum(1 for d in diagnostics if d.severity is severity)

@@ -1,0 +1,235 @@
+"""The tool registry: the YAML file that says which calls exist and what their arguments mean.
+
+Checking a call against it is plain data-driven code: each positional slot lists the kinds of
+value it accepts, anything after the slots must be a declared flag, and keyword arguments have
+one kind each. Dice expressions go through the `d20` grammar, the same one the playtest rolls with.
+"""
+
+from __future__ import annotations
+
+import difflib
+from functools import cache
+from importlib import resources
+from pathlib import Path
+from typing import Literal
+
+import d20
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+
+from dmforge.tools.syntax import ToolCall
+
+ArgKind = Literal[
+    "skill",
+    "ability",
+    "save",
+    "initiative",
+    "death_save",
+    "condition",
+    "damage_type",
+    "dice",
+    "dice_or_number",
+    "integer",
+    "text",
+]
+VOCABULARY_KINDS = ("skill", "ability", "condition", "damage_type")
+
+
+class _Strict(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+class Slot(_Strict):
+    name: str
+    kinds: list[ArgKind] = Field(min_length=1)
+    required: bool = True
+
+
+class KeywordSpec(_Strict):
+    kind: ArgKind
+    required: bool = False
+    min: int | None = None
+    max: int | None = None
+
+
+class ToolSpec(_Strict):
+    summary: str
+    positional: list[Slot] = []
+    flags: list[str] = []
+    exclusive: list[list[str]] = []
+    keywords: dict[str, KeywordSpec] = {}
+
+
+class Registry(_Strict):
+    version: Literal[1]
+    vocabularies: dict[str, list[str]]
+    tools: dict[str, ToolSpec]
+
+    @model_validator(mode="after")
+    def _vocabularies_present(self) -> Registry:
+        missing = [kind for kind in VOCABULARY_KINDS if kind not in self.vocabularies]
+        if missing:
+            raise ValueError(f"vocabularies is missing {', '.join(missing)}")
+        return self
+
+    def names(self) -> list[str]:
+        return sorted(self.tools)
+
+
+class RegistryError(Exception):
+    """The registry file itself is broken; the message names the file and the problem."""
+
+
+DEFAULT_REGISTRY = "dmforge/tools/registry.yaml (built in)"
+
+
+@cache
+def load_registry(path: Path | None = None) -> Registry:
+    """Load and validate a registry file; the built-in one when `path` is None."""
+    label = str(path) if path else DEFAULT_REGISTRY
+    try:
+        if path is None:
+            text = resources.files("dmforge.tools").joinpath("registry.yaml").read_text("utf-8")
+        else:
+            text = Path(path).read_text("utf-8")
+        return Registry.model_validate(yaml.safe_load(text))
+    except OSError as exc:
+        raise RegistryError(f"cannot read the tool registry {label}: {exc.strerror}") from exc
+    except yaml.YAMLError as exc:
+        raise RegistryError(f"the tool registry {label} is not valid YAML: {exc}") from exc
+    except ValidationError as exc:
+        first = exc.errors()[0]
+        where = ".".join(str(p) for p in first["loc"])
+        raise RegistryError(f"the tool registry {label} is invalid at `{where}`: {first['msg']}") from exc
+
+
+def _fold(value: str) -> str:
+    return " ".join(value.split()).lower()
+
+
+def parse_dice(expression: str, require_die: bool = True) -> d20.Expression | None:
+    """The parsed expression, or None when it is not dice in the d20 grammar."""
+    try:
+        tree = d20.parse(expression)
+    except (d20.RollSyntaxError, d20.RollValueError, ValueError, TypeError, RecursionError):
+        return None
+    if require_die and not _has_die(tree):
+        return None
+    return tree
+
+
+def _has_die(node: object) -> bool:
+    if isinstance(node, d20.diceast.Dice):
+        return True
+    return any(_has_die(child) for child in getattr(node, "children", ()))
+
+
+def _is_int(value: str) -> bool:
+    return value.lstrip("+-").isdigit()
+
+
+def matches_kind(value: str, kind: ArgKind, registry: Registry) -> bool:
+    folded = _fold(value)
+    match kind:
+        case "skill" | "ability" | "condition" | "damage_type":
+            return folded in registry.vocabularies[kind]
+        case "save":
+            ability, _, word = folded.rpartition(" ")
+            return word == "save" and ability in registry.vocabularies["ability"]
+        case "initiative":
+            return folded == "initiative"
+        case "death_save":
+            return folded == "death save"
+        case "dice":
+            return parse_dice(value) is not None
+        case "dice_or_number":
+            return _is_int(folded) or parse_dice(value) is not None
+        case "integer":
+            return _is_int(folded)
+        case "text":
+            return bool(folded)
+    return False
+
+
+_KIND_WORDS = {
+    "skill": "a skill",
+    "ability": "an ability",
+    "save": "a saving throw such as `dexterity save`",
+    "initiative": "`initiative`",
+    "death_save": "`death save`",
+    "condition": "a 5e condition",
+    "damage_type": "a 5e damage type",
+    "dice": "a dice expression such as `2d6+3`",
+    "dice_or_number": "a dice expression or a whole number",
+    "integer": "a whole number",
+    "text": "some text",
+}
+
+
+def _suggestion(value: str, kinds: list[ArgKind], registry: Registry) -> str:
+    words: list[str] = []
+    for kind in kinds:
+        if kind in VOCABULARY_KINDS:
+            words += registry.vocabularies[kind]
+        elif kind == "save":
+            words += [f"{a} save" for a in registry.vocabularies["ability"]]
+    close = difflib.get_close_matches(_fold(value), words, n=1, cutoff=0.6)
+    return f" Did you mean `{close[0]}`?" if close else ""
+
+
+def check_call(call: ToolCall, registry: Registry) -> list[str]:
+    """Every way `call` breaks the registry, as sentences; empty when it is valid.
+
+    An unknown tool name is not reported here: callers report it with its own code, because its
+    fix (add the tool to the registry) differs from a bad argument's.
+    """
+    spec = registry.tools.get(call.name)
+    if spec is None:
+        return []
+    problems: list[str] = []
+    values = list(call.positional)
+    for slot in spec.positional:
+        if not values:
+            if slot.required:
+                expected = " or ".join(_KIND_WORDS[k] for k in slot.kinds)
+                problems.append(f"`{call.name}` needs {expected} as its {slot.name}")
+            continue
+        value = values.pop(0)
+        if not any(matches_kind(value, kind, registry) for kind in slot.kinds):
+            expected = " or ".join(_KIND_WORDS[k] for k in slot.kinds)
+            problems.append(
+                f"`{value}` is not {expected} (the {slot.name} of `{call.name}`)."
+                + _suggestion(value, slot.kinds, registry)
+            )
+    seen_flags: list[str] = []
+    for value in values:
+        flag = _fold(value)
+        if flag in spec.flags:
+            seen_flags.append(flag)
+        elif spec.flags:
+            problems.append(f"`{value}` is not an option of `{call.name}` (options: {', '.join(spec.flags)})")
+        else:
+            problems.append(f"`{call.name}` takes {len(spec.positional)} positional value(s); `{value}` is extra")
+    for group in spec.exclusive:
+        both = [f for f in group if f in seen_flags]
+        if len(both) > 1:
+            problems.append(f"`{call.name}` cannot take {' and '.join(both)} together")
+    given = dict(call.keywords)
+    for key, value in given.items():
+        kw = spec.keywords.get(key)
+        if kw is None:
+            allowed = ", ".join(f"{k}=" for k in spec.keywords) or "none"
+            problems.append(f"`{call.name}` has no `{key}=` argument (allowed: {allowed})")
+            continue
+        if not matches_kind(value, kw.kind, registry):
+            problems.append(f"`{key}={value}` is not {_KIND_WORDS[kw.kind]}." + _suggestion(value, [kw.kind], registry))
+        elif kw.kind == "integer" and not _within(int(value), kw.min, kw.max):
+            problems.append(f"`{key}={value}` is outside {kw.min}..{kw.max}")
+    for key, kw in spec.keywords.items():
+        if kw.required and key not in given:
+            problems.append(f"`{call.name}` needs a `{key}=` argument, e.g. `{call.name}: ..., {key}=...`")
+    return problems
+
+
+def _within(value: int, low: int | None, high: int | None) -> bool:
+    return (low is None or value >= low) and (high is None or value <= high)
