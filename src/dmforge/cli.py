@@ -107,6 +107,80 @@ def data_check(
     raise typer.Exit(1 if report.errors else 0)
 
 
+def _print_stats(stats, out: Path) -> None:
+    table = Table(title="dataset", title_justify="left", header_style="bold")
+    table.add_column("what")
+    table.add_column("value", overflow="fold")
+    table.add_row("scenarios", f"{stats.scenarios['train']} train, {stats.scenarios['validation']} validation")
+    table.add_row(
+        "conversations",
+        f"{stats.conversations['train']} train ({stats.augmented} augmented copies), "
+        f"{stats.conversations['validation']} validation",
+    )
+    table.add_row("turns", f"{stats.user_turns} user, {stats.dm_turns} DM")
+    table.add_row("DM turns without calls", str(stats.dm_turns_without_calls))
+    table.add_row("tool calls", str(stats.tool_calls))
+    table.add_row("calls per tool", ", ".join(f"{k} {v}" for k, v in stats.calls_per_tool.items()))
+    table.add_row("calls per category", ", ".join(f"{k} {v}" for k, v in stats.calls_per_category.items()))
+    table.add_row(
+        "scenarios per category",
+        ", ".join(f"{k} {v['train']}+{v['validation']}" for k, v in stats.scenarios_per_category.items()),
+    )
+    table.add_row("duplicates removed", str(stats.duplicates_removed))
+    console.print(table)
+    console.print(f"[green]Dataset written to[/] {escape(str(out))} (train.jsonl, validation.jsonl, hf/, stats.json)")
+
+
+@data_app.command("build")
+def data_build(
+    scenarios: Annotated[Path | None, typer.Option(help="Folder of scenarios. Default: data/scenarios.")] = None,
+    out: Annotated[Path | None, typer.Option(help="Output folder. Default: data/dataset.")] = None,
+    augment: Annotated[
+        int | None, typer.Option(help="Renamed copies of each training scenario (0 = none).", min=0)
+    ] = None,
+    validation_fraction: Annotated[float | None, typer.Option(help="Share held out per category.")] = None,
+    seed: Annotated[int | None, typer.Option(help="Seed for the split and augmentation.")] = None,
+    as_json: Annotated[bool, typer.Option("--json", help="Print the stats as JSON.")] = False,
+    config_file: ConfigOption = None,
+) -> None:
+    """Build the training dataset (JSONL and a Hugging Face DatasetDict) and print its stats."""
+    from dmforge.dataset import build_dataset
+
+    overrides = {
+        "scenarios": scenarios,
+        "out": out,
+        "augment_copies": augment,
+        "validation_fraction": validation_fraction,
+        "seed": seed,
+    }
+    config = load_config(config_file, {"data": overrides})
+    if not config.data.scenarios.is_dir():
+        raise DmforgeError(
+            f"The scenarios folder {config.data.scenarios} does not exist. Pass --scenarios DIR "
+            "or set `data.scenarios` in your config.",
+            exit_code=2,
+        )
+    with console.status("Building the dataset…"):
+        stats, path = build_dataset(config.data, _registry(config))
+    if as_json:
+        sys.stdout.write(json.dumps({"out": str(path), **stats.to_json()}, indent=2) + "\n")
+    else:
+        _print_stats(stats, path)
+
+
+@app.command("pipeline")
+def pipeline(
+    scenarios: Annotated[Path | None, typer.Option(help="Folder of scenarios. Default: data/scenarios.")] = None,
+    out: Annotated[Path | None, typer.Option(help="Dataset folder. Default: data/dataset.")] = None,
+    config_file: ConfigOption = None,
+) -> None:
+    """Run the whole pipeline (what ./train.sh runs): check → build, and the later stages as they land."""
+    from dmforge.pipeline import run_pipeline
+
+    config = load_config(config_file, {"data": {"scenarios": scenarios, "out": out}})
+    run_pipeline(config, _registry(config), console)
+
+
 def main() -> None:
     """Entry point: run the app and turn every expected failure into one readable paragraph."""
     try:

@@ -1,0 +1,61 @@
+# Sourced by train.sh and test.sh: make sure .venv exists and holds dmforge, installing only
+# what changed since the last run. torch is installed first and pinned, because a package that
+# asks for "torch" with an open range would otherwise pull the newest build with gigabytes of CUDA.
+
+TORCH_VERSION="2.13.0"
+
+dmforge_fail() {
+  printf '\033[1;31merror:\033[0m %s\n' "$*" >&2
+  exit 1
+}
+
+dmforge_find_python() {
+  local candidate
+  for candidate in "${PYTHON:-}" python3.13 python3.12 python3.11 python3; do
+    [ -n "$candidate" ] || continue
+    command -v "$candidate" >/dev/null 2>&1 || continue
+    if "$candidate" -c 'import sys; sys.exit(sys.version_info < (3, 11))' 2>/dev/null; then
+      echo "$candidate"
+      return 0
+    fi
+  done
+  return 1
+}
+
+# dmforge_bootstrap [EXTRAS]: EXTRAS is a pip extras list such as "dev".
+dmforge_bootstrap() {
+  local extras="${1:-}" root python stamp want spec
+  root="$(pwd)"
+  python="$(dmforge_find_python)" || dmforge_fail "dmforge needs Python 3.11 or newer, and none was found. \
+Install one (macOS: 'brew install python@3.12'; Debian/Ubuntu: 'sudo apt install python3.11 python3.11-venv'), \
+or point PYTHON at it, e.g. 'PYTHON=/opt/homebrew/bin/python3.12 ./train.sh'."
+
+  if [ ! -x .venv/bin/python ]; then
+    echo "Creating the virtual environment in $root/.venv (first run only)…"
+    "$python" -m venv .venv || dmforge_fail "Could not create .venv with $python. On Debian/Ubuntu install \
+the venv module ('sudo apt install python3-venv'), then run again."
+  fi
+
+  # The stamp records what was installed: the hash of the files that decide it, and the extras.
+  # An install with extras also satisfies a plain run, so ./test.sh then ./train.sh installs once.
+  stamp=".venv/.dmforge-installed"
+  want="$( (sha256sum 2>/dev/null || shasum -a 256) < <(cat pyproject.toml scripts/bootstrap.sh))"
+  want="${want%% *}"
+  if [ -f "$stamp" ]; then
+    local have_hash have_extras
+    read -r have_hash have_extras < "$stamp" || true
+    if [ "$have_hash" = "$want" ] && { [ -z "$extras" ] || [ "$have_extras" = "$extras" ]; }; then
+      return 0
+    fi
+  fi
+
+  echo "Installing dmforge and its dependencies into .venv (a few minutes the first time)…"
+  .venv/bin/python -m pip install --quiet --upgrade pip >/dev/null 2>&1 || true
+  .venv/bin/python -m pip install --quiet "torch==${TORCH_VERSION}" || dmforge_fail "Installing torch \
+${TORCH_VERSION} failed (see pip's message above). Check your network connection and free disk space, then run again."
+  spec="."
+  [ -n "$extras" ] && spec=".[$extras]"
+  .venv/bin/python -m pip install --quiet -e "$spec" || dmforge_fail "Installing dmforge failed (see pip's \
+message above). Check your network connection and free disk space, then run again."
+  echo "$want $extras" > "$stamp"
+}
