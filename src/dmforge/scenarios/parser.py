@@ -205,7 +205,7 @@ def _header_from_preamble(
     for line, text in preamble:
         if not text.strip():
             continue
-        if title is None and not fields and (m := _TITLE.match(text.strip())):
+        if title is None and (m := _TITLE.match(text.strip())):
             title = m["title"]
             continue
         m = _HEADER_LINE.match(text)

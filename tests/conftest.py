@@ -1,0 +1,62 @@
+from __future__ import annotations
+
+import textwrap
+from pathlib import Path
+
+import pytest
+
+from dmforge.scenarios.parser import parse_scenario
+from dmforge.tools.registry import load_registry
+
+ROOT = Path(__file__).resolve().parents[1]
+CORPUS = ROOT / "data" / "scenarios"
+
+VALID = textwrap.dedent(
+    """\
+    # Goblin Ambush on the Triboar Trail
+
+    Category: combat
+    Role: Dungeon Master
+    World: Forgotten Realms, 1491 DR
+    Location: Triboar Trail, two days east of Phandalin
+    Party: Thorin Ironfist (dwarf fighter 3); Elara Moonwhisper (elf wizard 3)
+    Tags: goblins, ambush, low-level
+
+    ## SYSTEM
+    You are the Dungeon Master of a D&D 5e game.
+
+    ## User
+    Thorin: I creep up to the overturned wagon and look for tracks.
+
+    ## DM
+    The mud around the wagon is churned and still wet. Make a Wisdom (Survival) check.
+    [roll: survival]
+
+    ## TOOLCALL
+    [roll: survival] => 14
+
+    ## DM
+    Fourteen is enough. Small clawed footprints lead north into the brambles. What do you do?
+    """
+)
+
+
+@pytest.fixture(scope="session")
+def registry():
+    return load_registry()
+
+
+def parse_text(text: str, category: str = "general"):
+    return parse_scenario(text, "s.md", "s.md", category, load_registry())
+
+
+def codes(diagnostics) -> list[str]:
+    return [d.code for d in diagnostics]
+
+
+def scenario_text(body: str, header: str | None = None) -> str:
+    """A valid header plus `body` (the sections), both dedented."""
+    header = header or (
+        "Role: Dungeon Master\nWorld: Greyhawk\nLocation: Hommlet\nParty: Ana (human rogue 2); Bo (gnome bard 2)\n"
+    )
+    return textwrap.dedent(header) + "\n" + textwrap.dedent(body)
