@@ -3,10 +3,10 @@
 from __future__ import annotations
 
 import pytest
-from conftest import VALID, codes, parse_text, scenario_text
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
+from conftest import VALID, codes, parse_text, scenario_text
 from dmforge.scenarios.diagnostics import RULES, Severity
 from dmforge.scenarios.model import TurnKind, parse_party
 from dmforge.tools.syntax import parse
@@ -63,7 +63,7 @@ def test_yaml_front_matter_with_the_same_keys():
 
 
 def test_front_matter_errors_point_at_the_line():
-    scenario, diags = parse_text("---\nRole: DM\nworld: [unclosed\n---\n## DM\nHi.\n")
+    _scenario, diags = parse_text("---\nRole: DM\nworld: [unclosed\n---\n## DM\nHi.\n")
     assert "front-matter-invalid" in codes(diags)
     assert next(d for d in diags if d.code == "front-matter-invalid").line >= 3
     _, diags = parse_text("---\nRole: DM\nWorld: x\n## DM\nHi.\n")

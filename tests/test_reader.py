@@ -5,7 +5,6 @@ from __future__ import annotations
 from pathlib import Path
 
 from conftest import VALID, codes, parse_text
-
 from dmforge.scenarios.reader import decode_scenario, read_scenario_file
 
 
