@@ -117,8 +117,14 @@ def _write_hf(stage: Path, conversations: dict[str, list[dict]]) -> None:
             ],
         }
     )
+    # `from_list([])` would drop the schema, so an empty split is built from empty columns instead.
     dataset = datasets.DatasetDict(
-        {split: datasets.Dataset.from_list(rows, features=features) for split, rows in conversations.items()}
+        {
+            split: datasets.Dataset.from_list(rows, features=features)
+            if rows
+            else datasets.Dataset.from_dict({name: [] for name in features}, features=features)
+            for split, rows in conversations.items()
+        }
     )
     dataset.save_to_disk(str(stage / "hf"))
 

@@ -1,0 +1,31 @@
+"""The sample corpus is itself a deliverable: clean, big enough, and covering every tool."""
+
+from __future__ import annotations
+
+from conftest import CORPUS
+from dmforge.scenarios import check_paths
+
+
+def test_sample_corpus_is_clean_and_large_enough(registry):
+    report = check_paths([CORPUS])
+    assert report.errors == 0 and report.warnings == 0, [d.render() for d in report.diagnostics]
+    assert len(report.scenarios) >= 60
+    assert report.dm_turns >= 300
+    assert report.tool_calls >= 150
+    assert set(report.calls_by_tool()) == set(registry.tools), "every starter tool is used"
+    assert set(report.scenarios_by_category()) >= {"combat", "roleplay", "exploration", "social", "puzzle"}
+
+
+def test_sample_corpus_teaches_when_not_to_call():
+    report = check_paths([CORPUS])
+    dm_turns = [t for s in report.scenarios for t in s.dm_turns]
+    quiet = sum(not t.calls for t in dm_turns)
+    assert 0.3 <= quiet / len(dm_turns) <= 0.7
+    # Multi-step exchanges: DM turns that continue after a result and make another call.
+    chained = sum(
+        1
+        for s in report.scenarios
+        for prev, turn in zip(s.turns, s.turns[1:], strict=False)
+        if prev.kind.value == "toolcall" and turn.calls
+    )
+    assert chained >= 30
