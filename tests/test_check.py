@@ -103,3 +103,15 @@ def test_internal_errors_become_diagnostics(tmp_path: Path, monkeypatch):
     root = _tree(tmp_path, {"combat/a.md": VALID})
     report = check_paths([root])
     assert codes(report.diagnostics) == ["internal-error"] and "boom" in report.diagnostics[0].message
+
+
+def test_unknown_tools_are_listed_with_every_place(tmp_path: Path):
+    body = VALID.replace(
+        "[roll: survival]\n\n## TOOLCALL\n[roll: survival] => 14", "[fly: up]\n\n## TOOLCALL\n[fly: up] => ok"
+    )
+    root = _tree(tmp_path, {"combat/a.md": body, "combat/b.md": body.replace("Thorin:", "Elara:")})
+    report = check_paths([root])
+    places = report.unknown_tools()
+    assert list(places) == ["fly"] and len(places["fly"]) == 2
+    assert all(p.endswith(":18") for p in places["fly"])
+    assert report.to_json()["unknown_tools"] == places

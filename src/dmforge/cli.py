@@ -80,6 +80,11 @@ def _print_check(report: CheckReport) -> None:
                 f"{escape(d.message)}\n[dim]{escape(d.hint)}[/]",
             )
         console.print(table)
+    for name, places in report.unknown_tools().items():
+        console.print(
+            f"[red]unknown tool[/] [bold]{escape(name)}[/] at {len(places)} place(s): {escape(', '.join(places))}. "
+            "Fix the name, or add the tool to the tool registry."
+        )
     verdict = "[red]errors found[/]" if report.errors else "[green]ok[/]"
     calls = ", ".join(f"{name} {n}" for name, n in report.calls_by_tool().items()) or "none"
     console.print(

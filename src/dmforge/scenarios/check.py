@@ -88,6 +88,14 @@ class CheckReport:
     def scenarios_by_category(self) -> dict[str, int]:
         return dict(sorted(Counter(s.header.category for s in self.scenarios).items()))
 
+    def unknown_tools(self) -> dict[str, list[str]]:
+        """Each unregistered tool name with every `file:line` it occurs at, to add it or fix it in one go."""
+        places: dict[str, list[str]] = {}
+        for d in self.diagnostics:
+            if d.code == "tool-unknown" and d.subject:
+                places.setdefault(d.subject, []).append(f"{d.file}:{d.line}")
+        return dict(sorted(places.items()))
+
     def to_json(self) -> dict:
         return {
             "files": self.files,
@@ -98,6 +106,7 @@ class CheckReport:
             "warnings": self.warnings,
             "tool_calls_by_tool": self.calls_by_tool(),
             "scenarios_by_category": self.scenarios_by_category(),
+            "unknown_tools": self.unknown_tools(),
             "diagnostics": [d.model_dump(mode="json") for d in self.diagnostics],
         }
 

@@ -238,12 +238,15 @@ class Diagnostic(BaseModel):
     line: int
     message: str
     hint: str
+    subject: str | None = None  # what the problem is about, for grouping (e.g. the unknown tool's name)
 
     def render(self) -> str:
         return f"{self.file}:{self.line}: {self.severity.value} [{self.code}] {self.message} — {self.hint}"
 
 
-def diagnose(code: str, file: str | Path, line: int, message: str, hint: str | None = None) -> Diagnostic:
+def diagnose(
+    code: str, file: str | Path, line: int, message: str, hint: str | None = None, subject: str | None = None
+) -> Diagnostic:
     """Build a diagnostic for a catalogued code; `hint` overrides the catalog's when it can be more exact."""
     rule = RULES[code]
     return Diagnostic(
@@ -253,6 +256,7 @@ def diagnose(code: str, file: str | Path, line: int, message: str, hint: str | N
         line=max(line, 1),
         message=message,
         hint=hint or rule.hint,
+        subject=subject,
     )
 
 

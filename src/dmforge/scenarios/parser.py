@@ -240,6 +240,7 @@ def _dm_calls(section: _Section, text: str, registry: Registry, file: str, diags
                             file,
                             line,
                             f"`{shown}` calls `{bracket.call.name}`, which is not a registered tool",
+                            subject=bracket.call.name,
                             hint=(f"Did you mean `{close[0]}`? " if close else "")
                             + f"Registered tools: {', '.join(registry.names())}. Add new tools to the tool registry.",
                         )
