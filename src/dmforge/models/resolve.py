@@ -106,7 +106,7 @@ def _hub_snapshot(repo: str) -> Path:
         from huggingface_hub import snapshot_download
 
         return Path(snapshot_download(repo, allow_patterns=["*.json", "*.safetensors", "*.jinja", "*.model", "*.txt"]))
-    except Exception as exc:  # noqa: BLE001 - network, auth and missing-repo errors all end the same way
+    except Exception as exc:
         raise DmforgeError(
             f"Could not download {repo} from the Hugging Face hub ({type(exc).__name__}). If this machine is "
             f"offline or the model is gated, download it where you can (`hf download {repo} --local-dir DIR`), "
@@ -126,7 +126,7 @@ def dequantize_gguf(gguf: Path, template: str | None = None) -> Path:
     try:
         tokenizer = AutoTokenizer.from_pretrained(gguf.parent, gguf_file=gguf.name)
         model = AutoModelForCausalLM.from_pretrained(gguf.parent, gguf_file=gguf.name, dtype=torch.float32)
-    except Exception as exc:  # noqa: BLE001 - transformers raises many types for unsupported GGUFs
+    except Exception as exc:
         raise DmforgeError(
             f"transformers could not read {gguf} ({exc}). It reads GGUF files of common architectures "
             "(llama, qwen2, qwen3, gemma3, ...); pass the model's Hugging Face folder instead.",

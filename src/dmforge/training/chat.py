@@ -80,7 +80,7 @@ def detect_chat_format(tokenizer, tool_results: ToolResultStyle = "auto", tool_p
     if tool_results == "auto":
         try:
             tool_role = "TOOL-PROBE" in _render(tokenizer, _PROBE)
-        except Exception:  # noqa: BLE001 - Jinja templates raise for roles they do not know
+        except Exception:
             tool_role = False
     fmt = ChatFormat(tool_role, tool_prefix, "", True)
     probe = template_messages(_PROBE, fmt)
@@ -88,7 +88,7 @@ def detect_chat_format(tokenizer, tool_results: ToolResultStyle = "auto", tool_p
         full = _render(tokenizer, probe)
         prompt = _render(tokenizer, probe[:2], generation_prompt=True)
         through = _render(tokenizer, probe[:3])
-    except Exception as exc:  # noqa: BLE001
+    except Exception as exc:
         raise DmforgeError(
             f"The model's chat template cannot render a DM conversation ({exc}). Set `model.tool_results: "
             "user_role`, or supply another template with `model.chat_template`."
@@ -174,9 +174,7 @@ def _per_turn_samples(tokenizer, fmt: ChatFormat, messages: list[dict], conversa
     return samples
 
 
-def conversation_samples(
-    tokenizer, fmt: ChatFormat, conversation: dict, max_seq_len: int
-) -> list[Sample]:
+def conversation_samples(tokenizer, fmt: ChatFormat, conversation: dict, max_seq_len: int) -> list[Sample]:
     """All training samples of one conversation, split between exchanges to fit `max_seq_len`."""
     cid = conversation["id"]
     messages = conversation["messages"]

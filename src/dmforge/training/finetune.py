@@ -1,0 +1,242 @@
+"""`dmforge finetune`: scenarios → dataset → LoRA training → merged model, all in one run folder.
+
+runs/<id>/
+  config.yaml        the resolved config (file + command-line overrides)
+  dataset/           the dataset this run trained on (with its fingerprint in manifest.json)
+  checkpoints/       resume points; the latest one is picked up automatically
+  adapter/           the LoRA adapter (PEFT format), the best by validation loss
+  merged/            base + adapter as one model, with the tokenizer and its chat template
+  logs/train.jsonl   one line per step
+  metrics.json       loss history, validation loss, speed, preflight
+  loss.png, report.html
+  manifest.json      what went in and what came out
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import random
+import time
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+import torch
+import yaml
+from rich.console import Console
+from rich.markup import escape
+from safetensors.torch import load_file
+
+from dmforge import __version__
+from dmforge.config import DmforgeConfig
+from dmforge.dataset import build_dataset
+from dmforge.errors import DmforgeError
+from dmforge.files import write_json, write_text
+from dmforge.models.catalog import CACTUS_ARCHITECTURES
+from dmforge.models.hardware import detect_hardware
+from dmforge.models.load import load_tokenizer
+from dmforge.models.resolve import resolve_base
+from dmforge.tools.registry import Registry
+from dmforge.training.chat import build_samples, detect_chat_format, template_messages
+from dmforge.training.checkpoint import load_trainable_state
+from dmforge.training.loop import train_loop
+from dmforge.training.lora import lora_model, merge_adapter
+from dmforge.training.plots import loss_curve_png, metrics_html
+from dmforge.training.preflight import run_preflight
+
+# Options that may change between a run and its resumption without changing what is trained.
+RESUMABLE_KEYS = {
+    "max_steps",
+    "epochs",
+    "eval_every",
+    "save_every",
+    "early_stopping_patience",
+    "preflight_steps",
+    "run_dir",
+    "runs_root",
+    "threads",
+}
+
+
+@dataclass
+class FinetuneResult:
+    run_dir: Path
+    merged: Path
+    metrics: dict
+
+
+def default_run_dir(config: DmforgeConfig) -> Path:
+    if config.train.run_dir:
+        return config.train.run_dir
+    name = Path(config.model.base).name.removesuffix(".gguf").replace("/", "-")
+    return config.train.runs_root / f"{time.strftime('%Y%m%d-%H%M%S')}-{name}"
+
+
+def _identity(config: DmforgeConfig, corpus: str) -> dict:
+    data = json.loads(config.model_dump_json())
+    data["train"] = {k: v for k, v in data["train"].items() if k not in RESUMABLE_KEYS}
+    data["data"].pop("out", None)
+    return {"config": data, "corpus": corpus}
+
+
+def _check_resumable(run_dir: Path, identity: dict) -> None:
+    saved = run_dir / "identity.json"
+    if not saved.is_file():
+        return
+    before = json.loads(saved.read_text())
+    if before != identity:
+        what = "the scenarios changed" if before.get("corpus") != identity["corpus"] else "the training options changed"
+        raise DmforgeError(
+            f"{run_dir} holds a run that cannot be resumed: {what} since it started. Start a new run with "
+            "another --run-dir (or none, for a fresh folder), or delete that folder.",
+            exit_code=2,
+        )
+
+
+def _sample_reply(merged: Path, tokenizer, fmt, conversation: dict, device: str = "cpu") -> dict:
+    """Greedy reply of the merged model to the first DM turn of a validation conversation."""
+    from transformers import AutoModelForCausalLM
+
+    model = AutoModelForCausalLM.from_pretrained(merged, dtype=torch.float32).to(device).eval()
+    messages = conversation["messages"]
+    first_dm = next(i for i, m in enumerate(messages) if m["role"] == "assistant")
+    prompt = tokenizer.apply_chat_template(
+        template_messages(messages[:first_dm], fmt), tokenize=False, add_generation_prompt=True
+    )
+    ids = tokenizer(prompt, add_special_tokens=False, return_tensors="pt")["input_ids"].to(device)
+    end_id = tokenizer.convert_tokens_to_ids(fmt.end_of_turn)
+    with torch.no_grad():
+        out = model.generate(ids, max_new_tokens=96, do_sample=False, eos_token_id=end_id, pad_token_id=end_id)
+    reply = tokenizer.decode(out[0, ids.shape[1] :], skip_special_tokens=True)
+    return {"conversation": conversation["id"], "gold": messages[first_dm]["content"], "reply": reply.strip()}
+
+
+def finetune(config: DmforgeConfig, registry: Registry, console: Console) -> FinetuneResult:
+    t = config.train
+    # The base is resolved first, so a wrong --base fails before anything is written.
+    with console.status(f"loading base model {escape(config.model.base)}…"):
+        base = resolve_base(config.model.base)
+        tokenizer = load_tokenizer(base.path, config.model.chat_template)
+    run_dir = default_run_dir(config)
+    run_dir.mkdir(parents=True, exist_ok=True)
+    random.seed(t.seed)
+    torch.manual_seed(t.seed)
+
+    console.print(f"[bold]run[/] {escape(str(run_dir))}")
+    stats, dataset_dir = build_dataset(config.data, registry, out=run_dir / "dataset")
+    corpus = json.loads((dataset_dir / "manifest.json").read_text())["corpus_fingerprint"]
+    identity = _identity(config, corpus)
+    _check_resumable(run_dir, identity)
+    write_json(run_dir / "identity.json", identity)
+    write_text(run_dir / "config.yaml", yaml.safe_dump(json.loads(config.model_dump_json()), sort_keys=False))
+
+    model_type = json.loads((base.path / "config.json").read_text()).get("model_type", "?")
+    if model_type not in CACTUS_ARCHITECTURES:
+        console.print(
+            f"[yellow]warning:[/] architecture `{model_type}` is not one the app's Cactus 0.2.x runtime loads "
+            f"({', '.join(sorted(CACTUS_ARCHITECTURES))}); the export stage will refuse it."
+        )
+    fmt = detect_chat_format(tokenizer, config.model.tool_results, config.model.tool_result_prefix)
+    conversations = {
+        split: [json.loads(line) for line in (dataset_dir / f"{split}.jsonl").read_text().splitlines()]
+        for split in ("train", "validation")
+    }
+    train = build_samples(tokenizer, fmt, conversations["train"], t.max_seq_len)
+    validation = (
+        build_samples(tokenizer, fmt, conversations["validation"], t.max_seq_len) if conversations["validation"] else []
+    )
+    console.print(
+        f"[bold]data[/] {len(train)} training samples ({sum(s.trained_tokens for s in train):,} DM tokens), "
+        f"{len(validation)} validation; tool results in the {'tool' if fmt.tool_role else 'user'} role; "
+        f"turns end with {escape(fmt.end_of_turn)}"
+    )
+
+    hardware = detect_hardware(t.device, t.dtype, t.threads)
+    console.print(f"[bold]device[/] {hardware.description}, {hardware.dtype_name}, {hardware.threads} threads")
+    with console.status("attaching LoRA adapters…"):
+        model = lora_model(base.path, t, hardware)
+    pad_id = tokenizer.pad_token_id
+
+    preflight = None
+    if t.preflight_steps and not (run_dir / "checkpoints").exists():
+        with console.status("preflight: timing a few real steps…"):
+            preflight = run_preflight(model, train, t, hardware, pad_id)
+        console.print(f"[bold]preflight[/] {preflight.summary()}")
+
+    accelerator = None
+    if int(os.environ.get("WORLD_SIZE", "1")) > 1:  # launched by `accelerate launch` on several GPUs
+        from accelerate import Accelerator
+
+        accelerator = Accelerator()
+    log_path = run_dir / "logs" / "train.jsonl"
+    log_path.parent.mkdir(exist_ok=True)
+    with log_path.open("a", encoding="utf-8") as log_file:
+        state = train_loop(
+            model,
+            train,
+            validation,
+            t,
+            run_dir,
+            pad_id,
+            console,
+            accelerator,
+            log=lambda row: (log_file.write(json.dumps(row) + "\n"), log_file.flush()),
+        )
+
+    # The adapter that ships is the best by validation loss, not merely the last.
+    best = run_dir / "best-adapter.safetensors"
+    if best.is_file():
+        load_trainable_state(model, load_file(best))
+    with console.status("saving the adapter and merging it into the base…"):
+        unwrapped = accelerator.unwrap_model(model) if accelerator else model
+        unwrapped.save_pretrained(run_dir / "adapter")
+        merged = run_dir / "merged"
+        merge_adapter(base.path, run_dir / "adapter", merged, tokenizer)
+        sample = _sample_reply(merged, tokenizer, fmt, (conversations["validation"] or conversations["train"])[0])
+
+    metrics = {
+        "train_loss": state.train_loss,
+        "val_loss": state.val_loss,
+        "final_val_loss": state.val_loss[-1][1] if state.val_loss else None,
+        "best_val_loss": state.best_val,
+        "best_step": state.best_step,
+        "steps": state.step,
+        "trained_tokens": state.tokens,
+        "train_seconds": round(state.seconds, 1),
+        "stopped_early": state.stopped_early,
+        "samples": {"train": len(train), "validation": len(validation)},
+        "preflight": asdict(preflight) if preflight else None,
+        "device": hardware.description,
+        "dtype": hardware.dtype_name,
+    }
+    write_json(run_dir / "metrics.json", metrics)
+    title = f"dmforge: {config.model.base} on {stats.scenarios['train']} scenarios"
+    loss_curve_png(run_dir / "loss.png", state.train_loss, state.val_loss, title)
+    metrics_html(
+        run_dir / "report.html",
+        run_dir / "loss.png",
+        title,
+        {
+            "steps": state.step,
+            "best validation loss": state.best_val,
+            "best step": state.best_step,
+            "trained DM tokens": state.tokens,
+            "training time (s)": round(state.seconds, 1),
+            "device": f"{hardware.description}, {hardware.dtype_name}",
+            "sample reply": sample["reply"],
+        },
+    )
+    write_json(
+        run_dir / "manifest.json",
+        {
+            "dmforge_version": __version__,
+            "base": {"spec": base.spec, "origin": base.origin, "path": str(base.path), "model_type": model_type},
+            "dataset": {"path": str(dataset_dir), "corpus_fingerprint": corpus},
+            "chat_format": asdict(fmt),
+            "max_seq_len": t.max_seq_len,
+            "adapter": str(run_dir / "adapter"),
+            "merged": str(merged),
+            "sample_reply": sample,
+        },
+    )
+    return FinetuneResult(run_dir, merged, metrics)

@@ -1,0 +1,235 @@
+"""The training loop: explicit, small, resumable.
+
+Why not TRL's SFTTrainer: dmforge needs masks built from the app's chat template (not TRL's),
+exact resume including the data order, a Rich progress bar, and a per-token loss across
+accumulated micro-batches. A loop of this size says all of that plainly; Accelerate still
+runs it on several GPUs under `accelerate launch`.
+"""
+
+from __future__ import annotations
+
+import math
+import os
+import time
+from contextlib import nullcontext
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+from rich.console import Console
+from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
+from safetensors.torch import save_file
+
+from dmforge.config import TrainConfig
+from dmforge.errors import DmforgeError
+from dmforge.training.batches import collate, epoch_batches
+from dmforge.training.batches import to_device as _to
+from dmforge.training.chat import Sample
+from dmforge.training.checkpoint import (
+    LoopState,
+    latest_checkpoint,
+    load_checkpoint,
+    save_checkpoint,
+    trainable_state,
+)
+from dmforge.training.loss import dm_turn_loss
+
+
+@dataclass
+class Plan:
+    """How the training set is walked: micro-batches per epoch and optimizer steps in all."""
+
+    batches_per_epoch: int
+    total_steps: int
+
+
+def make_plan(samples: list[Sample], config: TrainConfig) -> Plan:
+    per_epoch = math.ceil(len(samples) / config.batch_size)
+    total = config.max_steps or max(1, math.ceil(config.epochs * per_epoch / config.grad_accum))
+    return Plan(per_epoch, total)
+
+
+def step_batches(samples: list[Sample], config: TrainConfig, plan: Plan, step: int) -> list[list[Sample]]:
+    """The micro-batches of optimizer step `step` (0-based): a pure function, so resume is exact."""
+    lengths = [len(s.input_ids) for s in samples]
+    out = []
+    for micro in range(step * config.grad_accum, (step + 1) * config.grad_accum):
+        epoch, index = divmod(micro, plan.batches_per_epoch)
+        order = epoch_batches(lengths, config.batch_size, config.seed, epoch)
+        out.append([samples[i] for i in order[index]])
+    return out
+
+
+def make_optimizer(model, config: TrainConfig, total_steps: int):
+    params = [p for p in model.parameters() if p.requires_grad]
+    optimizer = torch.optim.AdamW(params, lr=config.learning_rate, weight_decay=config.weight_decay)
+    warmup = min(config.warmup_steps, max(total_steps - 1, 0))
+
+    def schedule(step: int) -> float:
+        # Linear warm-up, then cosine decay to a tenth of the peak rate.
+        if step < warmup:
+            return (step + 1) / (warmup + 1)
+        progress = (step - warmup) / max(1, total_steps - warmup)
+        return 0.1 + 0.9 * 0.5 * (1 + math.cos(math.pi * min(1.0, progress)))
+
+    return optimizer, torch.optim.lr_scheduler.LambdaLR(optimizer, schedule)
+
+
+def evaluate(model, samples: list[Sample], pad_id: int, device: str, batch_size: int = 1) -> float:
+    """Mean per-token loss on the DM turns of `samples`."""
+    model.eval()
+    total, count = 0.0, 0
+    with torch.no_grad():
+        for start in range(0, len(samples), batch_size):
+            batch = _to(collate(samples[start : start + batch_size], pad_id), device)
+            logits = model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"]).logits
+            loss, n = dm_turn_loss(logits, batch["labels"])
+            total, count = total + float(loss), count + n
+    model.train()
+    return total / max(count, 1)
+
+
+def _progress(console: Console) -> Progress:
+    return Progress(
+        TextColumn("[bold]train[/]"),
+        BarColumn(),
+        TextColumn("step {task.completed:.0f}/{task.total:.0f}"),
+        TextColumn("loss {task.fields[loss]}"),
+        TextColumn("val {task.fields[val]}"),
+        TextColumn("{task.fields[tps]} tok/s"),
+        TimeElapsedColumn(),
+        TextColumn("ETA"),
+        TimeRemainingColumn(),
+        console=console,
+        transient=False,
+    )
+
+
+def train_loop(
+    model,
+    train: list[Sample],
+    validation: list[Sample],
+    config: TrainConfig,
+    run_dir: Path,
+    pad_id: int,
+    console: Console,
+    accelerator=None,
+    log=None,
+) -> LoopState:
+    """Train until `max_steps`/`epochs` or early stopping; resume from the run's latest checkpoint."""
+    device = next(model.parameters()).device.type
+    plan = make_plan(train, config)
+    optimizer, scheduler = make_optimizer(model, config, plan.total_steps)
+    if accelerator is not None:
+        model, optimizer = accelerator.prepare(model, optimizer)
+    checkpoints = run_dir / "checkpoints"
+    best_path = run_dir / "best-adapter.safetensors"
+
+    state = LoopState()
+    resume = latest_checkpoint(checkpoints)
+    if resume is not None:
+        state = load_checkpoint(resume, model, optimizer, scheduler)
+        console.print(f"[cyan]Resuming[/] from {resume.name} (step {state.step} of {plan.total_steps}).")
+    if state.stopped_early or state.step >= plan.total_steps:
+        return state
+
+    model.train()
+    progress = _progress(console)
+    task = progress.add_task(
+        "train",
+        total=plan.total_steps,
+        completed=state.step,
+        loss=_fmt(state.train_loss[-1][1] if state.train_loss else None),
+        val=_fmt(state.val_loss[-1][1] if state.val_loss else None),
+        tps="-",
+    )
+    rank, world = (accelerator.process_index, accelerator.num_processes) if accelerator else (0, 1)
+    try:
+        with progress:
+            while state.step < plan.total_steps:
+                started = time.monotonic()
+                micro_batches = step_batches(train, config, plan, state.step)
+                step_tokens = sum(s.trained_tokens for b in micro_batches for s in b)
+                step_loss = 0.0
+                mine = micro_batches[rank::world]
+                for i, batch in enumerate(mine):
+                    tensors = _to(collate(batch, pad_id), device)
+                    logits = model(input_ids=tensors["input_ids"], attention_mask=tensors["attention_mask"]).logits
+                    loss_sum, _ = dm_turn_loss(logits, tensors["labels"])
+                    # Dividing by the whole step's token count (all processes) gives an exact per-token mean.
+                    loss = loss_sum / max(step_tokens, 1)
+                    if accelerator is not None:
+                        sync = i == len(mine) - 1
+                        with accelerator.no_sync(model) if not sync and world > 1 else nullcontext():
+                            accelerator.backward(loss)
+                    else:
+                        loss.backward()
+                    step_loss += loss.item()
+                if accelerator is not None and world > 1:
+                    step_loss = float(accelerator.reduce(torch.tensor(step_loss, device=device), reduction="sum"))
+                torch.nn.utils.clip_grad_norm_([p for p in model.parameters() if p.requires_grad], config.max_grad_norm)
+                optimizer.step()
+                scheduler.step()
+                optimizer.zero_grad(set_to_none=True)
+                if not math.isfinite(step_loss):
+                    raise DmforgeError(
+                        f"The training loss became {step_loss} at step {state.step + 1}. Lower the learning rate "
+                        "(train.learning_rate) or use dtype: float32, then run again with a new --run-dir."
+                    )
+
+                elapsed = time.monotonic() - started
+                state.step += 1
+                state.tokens += step_tokens
+                state.seconds += elapsed
+                state.train_loss.append((state.step, step_loss))
+                tps = sum(len(s.input_ids) for b in micro_batches for s in b) / max(elapsed, 1e-9)
+                if log:
+                    log({"step": state.step, "loss": step_loss, "lr": scheduler.get_last_lr()[0], "tok_s": tps})
+
+                last = state.step >= plan.total_steps
+                if validation and (state.step % config.eval_every == 0 or last):
+                    val = evaluate(model, validation, pad_id, device)
+                    state.val_loss.append((state.step, val))
+                    if log:
+                        log({"step": state.step, "val_loss": val})
+                    if state.best_val is None or val < state.best_val:
+                        state.best_val, state.best_step, state.bad_evals = val, state.step, 0
+                        _save_best(best_path, model)
+                    else:
+                        state.bad_evals += 1
+                        if config.early_stopping_patience and state.bad_evals >= config.early_stopping_patience:
+                            state.stopped_early = True
+                progress.update(
+                    task,
+                    completed=state.step,
+                    loss=_fmt(step_loss),
+                    val=_fmt(state.val_loss[-1][1] if state.val_loss else None),
+                    tps=f"{tps:.0f}",
+                )
+                if state.step % config.save_every == 0 or last or state.stopped_early:
+                    save_checkpoint(checkpoints, model, optimizer, scheduler, state)
+                if state.stopped_early:
+                    console.print(
+                        f"[yellow]Early stop[/] at step {state.step}: validation loss has not improved for "
+                        f"{state.bad_evals} evaluations (best {state.best_val:.4f} at step {state.best_step})."
+                    )
+                    break
+    except KeyboardInterrupt:
+        saved = save_checkpoint(checkpoints, model, optimizer, scheduler, state)
+        raise DmforgeError(
+            f"Interrupted at step {state.step}. The checkpoint is in {saved}; run the same command again "
+            "to resume exactly where it stopped.",
+            exit_code=130,
+        ) from None
+    return state
+
+
+def _save_best(path: Path, model) -> None:
+    # Written beside and renamed, so a crash mid-write never leaves a torn "best" adapter.
+    tmp = path.with_name(path.name + ".tmp")
+    save_file(trainable_state(model), tmp)
+    os.replace(tmp, path)
+
+
+def _fmt(value: float | None) -> str:
+    return "-" if value is None else f"{value:.3f}"

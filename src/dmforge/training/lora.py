@@ -1,0 +1,74 @@
+"""Attach LoRA adapters (PEFT), or let Unsloth load and patch the model on CUDA when it is installed."""
+
+from __future__ import annotations
+
+import importlib.util
+from pathlib import Path
+
+import torch
+
+from dmforge.config import TrainConfig
+from dmforge.errors import DmforgeError
+from dmforge.models.hardware import Hardware
+from dmforge.models.load import load_model
+
+
+def use_unsloth(config: TrainConfig, hardware: Hardware) -> bool:
+    available = hardware.device == "cuda" and importlib.util.find_spec("unsloth") is not None
+    if config.unsloth == "on" and not available:
+        raise DmforgeError("`train.unsloth: on` needs a CUDA GPU and the unsloth package (pip install unsloth).")
+    return config.unsloth != "off" and available
+
+
+def lora_model(base_path: Path, config: TrainConfig, hardware: Hardware):
+    """The base model with fresh LoRA adapters, ready to train; seeded so adapters start identical."""
+    torch.manual_seed(config.seed)
+    if config.qlora and (hardware.device != "cuda" or importlib.util.find_spec("bitsandbytes") is None):
+        raise DmforgeError("QLoRA (`train.qlora: true`) needs a CUDA GPU and bitsandbytes. Set it to false.")
+    if use_unsloth(config, hardware):
+        from unsloth import FastLanguageModel
+
+        model, _ = FastLanguageModel.from_pretrained(
+            model_name=str(base_path),
+            max_seq_length=config.max_seq_len,
+            dtype=hardware.dtype,
+            load_in_4bit=config.qlora,
+        )
+        return FastLanguageModel.get_peft_model(
+            model,
+            r=config.lora_r,
+            lora_alpha=config.lora_alpha,
+            lora_dropout=config.lora_dropout,
+            target_modules=_unsloth_targets(config.target_modules),
+            random_state=config.seed,
+            use_gradient_checkpointing="unsloth",
+        )
+    from peft import LoraConfig, get_peft_model, prepare_model_for_kbit_training
+
+    model = load_model(base_path, hardware.dtype, hardware.device, quantize_4bit=config.qlora)
+    if config.qlora:
+        model = prepare_model_for_kbit_training(model)
+    lora = LoraConfig(
+        r=config.lora_r,
+        lora_alpha=config.lora_alpha,
+        lora_dropout=config.lora_dropout,
+        target_modules=config.target_modules,
+        task_type="CAUSAL_LM",
+    )
+    return get_peft_model(model, lora)
+
+
+def _unsloth_targets(targets: str | list[str]) -> list[str]:
+    if targets == "all-linear":
+        return ["q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"]
+    return [targets] if isinstance(targets, str) else targets
+
+
+def merge_adapter(base_path: Path, adapter_dir: Path, out: Path, tokenizer) -> None:
+    """Base + adapter → one plain model in `out`, in fp32 on the CPU so the merge loses nothing."""
+    from peft import PeftModel
+
+    base = load_model(base_path, torch.float32, "cpu")
+    merged = PeftModel.from_pretrained(base, adapter_dir).merge_and_unload()
+    merged.save_pretrained(out, safe_serialization=True)
+    tokenizer.save_pretrained(out)

@@ -1,0 +1,86 @@
+"""Resolving --base: presets, local folders, hub ids, GGUF files; and the refusals."""
+
+from __future__ import annotations
+
+import json
+import time
+from pathlib import Path
+
+import pytest
+import torch
+
+from dmforge.errors import DmforgeError
+from dmforge.models import load_catalog, resolve_base
+from dmforge.models.hardware import detect_hardware
+from dmforge.models.resolve import dequantize_gguf
+
+
+def test_catalog_has_the_presets_the_app_needs():
+    catalog = load_catalog()
+    for name in ("smollm2-135m", "gemma3-270m", "qwen3-0.6b", "qwen3-1.7b", "gemma3-1b", "smollm2-360m", "llama3.2-1b"):
+        assert catalog[name].cactus, name
+    assert catalog["smollm2-135m"].source == "pypi" and catalog["gemma3-270m"].template == "gemma"
+    assert not catalog["lfm2-350m"].cactus
+
+
+def test_smollm2_resolves_offline_to_a_cached_safetensors_folder(smollm2_base):
+    path = smollm2_base.path
+    assert (path / "model.safetensors").is_file() and (path / "chat_template.jinja").is_file()
+    config = json.loads((path / "config.json").read_text())
+    assert "quantization_config" not in config, "the GGUF quantizer marker must be cleared"
+    assert config["model_type"] == "llama"
+    started = time.monotonic()
+    again = resolve_base("smollm2-135m")
+    assert again.path == path and time.monotonic() - started < 10, "the dequantized copy is reused"
+    source = json.loads((path / "dmforge-source.json").read_text())
+    assert path.name == source["sha256"][:16]
+
+
+def test_a_gguf_path_resolves_to_the_same_cache(smollm2_base):
+    gguf = Path(json.loads((smollm2_base.path / "dmforge-source.json").read_text())["gguf"])
+    resolved = resolve_base(str(gguf))
+    assert resolved.path == smollm2_base.path and resolved.origin == f"gguf:{gguf}"
+    assert dequantize_gguf(gguf) == smollm2_base.path
+
+
+def test_a_local_folder_is_used_as_is(smollm2_base):
+    resolved = resolve_base(str(smollm2_base.path))
+    assert resolved.path == smollm2_base.path and resolved.origin.startswith("local:")
+
+
+@pytest.mark.parametrize("name", ["smolm2-135m", "gpt-5", "not a model"])
+def test_unknown_names_list_the_choices(name):
+    with pytest.raises(DmforgeError, match="Unknown base model") as info:
+        resolve_base(name)
+    assert "smollm2-135m" in str(info.value) and info.value.exit_code == 2
+
+
+def test_pickle_only_folders_are_refused(tmp_path: Path):
+    (tmp_path / "config.json").write_text("{}")
+    (tmp_path / "pytorch_model.bin").write_bytes(b"\x80\x04")
+    with pytest.raises(DmforgeError, match="refuses them because loading a pickle can run arbitrary code"):
+        resolve_base(str(tmp_path))
+
+
+def test_folder_without_config_and_single_files_are_explained(tmp_path: Path):
+    with pytest.raises(DmforgeError, match=r"no config\.json"):
+        resolve_base(str(tmp_path))
+    with pytest.raises(DmforgeError, match="not a single weights file"):
+        resolve_base(str(tmp_path / "model.safetensors"))
+    with pytest.raises(DmforgeError, match="does not exist"):
+        resolve_base(str(tmp_path / "missing.gguf"))
+
+
+def test_a_hub_id_offline_says_how_to_get_the_model(monkeypatch):
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    with pytest.raises(DmforgeError, match=r"Could not download someorg/some-model.*--base DIR"):
+        resolve_base("someorg/some-model")
+
+
+def test_hardware_on_this_machine():
+    hw = detect_hardware()
+    assert hw.device in ("cpu", "cuda", "mps") and hw.threads >= 1 and hw.memory_bytes > 2**30
+    assert detect_hardware(dtype="float32").dtype == torch.float32
+    if not torch.backends.mps.is_available():
+        with pytest.raises(DmforgeError, match="no Apple GPU"):
+            detect_hardware(device="mps")

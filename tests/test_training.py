@@ -1,0 +1,122 @@
+"""Real LoRA training of SmolLM2-135M: the loss falls, resume is exact, Ctrl-C loses nothing."""
+
+from __future__ import annotations
+
+import shutil
+from pathlib import Path
+
+import pytest
+import torch
+from rich.console import Console
+from safetensors.torch import load_file
+
+from conftest import CORPUS
+from dmforge.config import load_config
+from dmforge.errors import DmforgeError
+from dmforge.tools.registry import load_registry
+from dmforge.training.finetune import finetune
+
+pytestmark = pytest.mark.slow
+QUIET = Console(quiet=True)
+
+
+def _small_corpus(tmp_path: Path) -> Path:
+    root = tmp_path / "scenarios"
+    for name in ("combat/ghoul-crypt-ambush.md", "social/the-fine-print.md", "puzzle/hourglass-chamber.md"):
+        (root / name).parent.mkdir(parents=True, exist_ok=True)
+        shutil.copy(CORPUS / name, root / name)
+    return root
+
+
+def _config(tmp_path: Path, run: str, **train):
+    options = {
+        "max_steps": 4,
+        "grad_accum": 1,
+        "save_every": 2,
+        "eval_every": 2,
+        "preflight_steps": 0,
+        "max_seq_len": 1024,
+        "run_dir": tmp_path / run,
+        **train,
+    }
+    return load_config(
+        None, {"data": {"scenarios": _small_corpus(tmp_path), "validation_fraction": 0.5}, "train": options}
+    )
+
+
+def _assert_same(a: tuple[dict, dict], b: tuple[dict, dict]) -> None:
+    assert a[0].keys() == b[0].keys()
+    for key in a[0]:
+        assert torch.equal(a[0][key], b[0][key]), key
+    for pid, state in a[1]["state"].items():
+        for name, value in state.items():
+            assert torch.equal(value, b[1]["state"][pid][name]), (pid, name)
+
+
+def _failing_step(monkeypatch, on_call: int, error: BaseException):
+    """Make the optimizer's `on_call`-th step raise `error`, as a crash or a Ctrl-C would."""
+    calls = {"n": 0}
+    original = torch.optim.AdamW.step
+
+    def step(self, *args, **kwargs):
+        calls["n"] += 1
+        if calls["n"] == on_call:
+            raise error
+        return original(self, *args, **kwargs)
+
+    monkeypatch.setattr(torch.optim.AdamW, "step", step)
+    return original
+
+
+def _checkpoint(run: Path, step: int) -> tuple[dict, dict]:
+    path = run / "checkpoints" / f"step-{step:06d}"
+    return load_file(path / "adapter.safetensors"), torch.load(path / "trainer.pt", weights_only=True)["optimizer"]
+
+
+def test_resume_after_a_crash_continues_from_the_saved_step_with_identical_state(tmp_path: Path, monkeypatch):
+    registry = load_registry()
+    straight = finetune(_config(tmp_path, "straight"), registry, QUIET)
+    assert straight.metrics["steps"] == 4
+
+    original = _failing_step(monkeypatch, 3, RuntimeError("power cut"))
+    with pytest.raises(RuntimeError, match="power cut"):
+        finetune(_config(tmp_path, "crashed"), registry, QUIET)
+    assert [p.name for p in (tmp_path / "crashed" / "checkpoints").iterdir()] == ["step-000002"]
+    _assert_same(_checkpoint(tmp_path / "straight", 2), _checkpoint(tmp_path / "crashed", 2))
+    assert _checkpoint(tmp_path / "crashed", 2)[1]["state"], "the optimizer state is saved, not only the weights"
+
+    monkeypatch.setattr(torch.optim.AdamW, "step", original)
+    resumed = finetune(_config(tmp_path, "crashed"), registry, QUIET)
+    assert resumed.metrics["steps"] == 4
+    _assert_same(_checkpoint(tmp_path / "straight", 4), _checkpoint(tmp_path / "crashed", 4))
+    assert straight.metrics["train_loss"] == resumed.metrics["train_loss"]
+
+
+def test_ctrl_c_saves_a_checkpoint_and_the_rerun_resumes_exactly(tmp_path: Path, monkeypatch):
+    registry = load_registry()
+    finetune(_config(tmp_path, "straight", save_every=100), registry, QUIET)
+
+    original = _failing_step(monkeypatch, 4, KeyboardInterrupt())
+    with pytest.raises(DmforgeError, match="Interrupted at step 3") as info:
+        finetune(_config(tmp_path, "interrupted", save_every=100), registry, QUIET)
+    assert info.value.exit_code == 130
+    assert (tmp_path / "interrupted" / "checkpoints" / "step-000003").is_dir()
+    monkeypatch.setattr(torch.optim.AdamW, "step", original)
+    finetune(_config(tmp_path, "interrupted", save_every=100), registry, QUIET)
+    _assert_same(_checkpoint(tmp_path / "straight", 4), _checkpoint(tmp_path / "interrupted", 4))
+
+
+def test_a_changed_corpus_is_not_resumed_silently(tmp_path: Path):
+    registry = load_registry()
+    finetune(_config(tmp_path, "run", max_steps=1, eval_every=1), registry, QUIET)
+    config = _config(tmp_path, "run", max_steps=2)  # copies the corpus afresh; then a game master edits it
+    scenario = next((tmp_path / "scenarios").rglob("*.md"))
+    scenario.write_text(scenario.read_text().replace("## DM\n", "## DM\nA new line.\n", 1))
+    with pytest.raises(DmforgeError, match="the scenarios changed"):
+        finetune(config, registry, QUIET)
+
+
+def test_preflight_refuses_what_would_not_fit(tmp_path: Path):
+    config = _config(tmp_path, "big", preflight_steps=1, memory_fraction=0.001)
+    with pytest.raises(DmforgeError, match=r"Preflight: training would need about .* GB.*--max-seq-len"):
+        finetune(config, load_registry(), QUIET)
