@@ -1,0 +1,148 @@
+"""`dmforge export RUN`: merged model → F16 GGUF → requested quantizations, each verified.
+
+Writes `<run>/gguf/dungeon-master-<quant>.gguf` and `<run>/gguf/export.json` (`passed`, one entry
+per check with its figures, the quantization comparison and a sample DM reply generated through
+llama-cpp-python with the embedded chat template, as Cactus runs it).
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass
+from pathlib import Path
+
+from dmforge.errors import DmforgeError
+from dmforge.export import verify
+from dmforge.export.convert import convert_to_gguf
+from dmforge.export.quantize import QUANT_TYPES, fallback_share, quantize
+from dmforge.files import write_json
+from dmforge.training.chat import ChatFormat, template_messages
+
+FILE_STEM = "dungeon-master"
+
+
+@dataclass
+class ExportReport:
+    passed: bool
+    files: dict[str, Path]
+    report: dict
+
+
+def gguf_name(quant: str) -> str:
+    return f"{FILE_STEM}-{quant.lower()}.gguf"
+
+
+def _probe_conversations(run_dir: Path, fmt: ChatFormat) -> list[list[dict]]:
+    """The built-in probe plus the first DM prompt of two validation conversations of this run."""
+    probes = [template_messages(verify.PROBE_CONVERSATION, fmt)]
+    validation = run_dir / "dataset" / "validation.jsonl"
+    if validation.is_file():
+        for line in validation.read_text().splitlines()[:2]:
+            messages = json.loads(line)["messages"]
+            first_dm = next(i for i, m in enumerate(messages) if m["role"] == "assistant")
+            probes.append(template_messages(messages[:first_dm], fmt))
+    return probes
+
+
+def sample_reply(llm, messages: list[dict], max_tokens: int = 96) -> str:
+    """A greedy DM reply through llama-cpp-python's chat path, which renders the GGUF's embedded template."""
+    result = llm.create_chat_completion(messages=messages, max_tokens=max_tokens, temperature=0.0, top_k=1)
+    return result["choices"][0]["message"]["content"] or ""
+
+
+def export_run(run_dir: Path, quants: list[str], max_size_gb: float = 2.0, console=None) -> ExportReport:
+    import torch
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    merged = run_dir / "merged"
+    manifest_path = run_dir / "manifest.json"
+    if not (merged / "config.json").is_file() or not manifest_path.is_file():
+        raise DmforgeError(
+            f"{run_dir} has no merged model. Run `dmforge finetune --run-dir {run_dir}` first.", exit_code=2
+        )
+    unknown = [q for q in quants if q not in QUANT_TYPES]
+    if unknown:
+        raise DmforgeError(
+            f"Unknown quantization {', '.join(unknown)}. Choose from {', '.join(QUANT_TYPES)}.", exit_code=2
+        )
+    manifest = json.loads(manifest_path.read_text())
+    fmt = ChatFormat(**manifest["chat_format"])
+    tokenizer = AutoTokenizer.from_pretrained(merged)
+    out = run_dir / "gguf"
+    budget = int(max_size_gb * 2**30)
+
+    def say(text: str) -> None:
+        if console:
+            console.print(text)
+
+    say("converting the merged model to GGUF (F16) with llama.cpp's converter…")
+    files = {"F16": convert_to_gguf(merged, out / gguf_name("F16"))}
+    for quant in quants:
+        if quant != "F16":
+            say(f"quantizing to {quant}…")
+            files[quant] = quantize(files["F16"], out / gguf_name(quant), quant)
+
+    model = AutoModelForCausalLM.from_pretrained(merged, dtype=torch.float32).eval()
+    config = verify.model_config(merged)
+    conversations = _probe_conversations(run_dir, fmt)
+    prompts = verify.probe_prompts(tokenizer, conversations)
+    checks: list[dict] = []
+    comparison: list[dict] = []
+    f16_llm = None
+    sample = None
+    for quant in ["F16", *[q for q in quants if q != "F16"]]:
+        path = files[quant]
+        say(f"verifying {path.name} in llama.cpp…")
+        meta = verify.gguf_metadata(path)
+        loaded, llm = verify.check_loads(path)
+        results = [
+            loaded,
+            verify.check_architecture(meta),
+            verify.check_rope(meta, config),
+            verify.check_template(meta, tokenizer.chat_template),
+            verify.check_size(path, budget),
+        ]
+        if llm is not None:
+            results += [
+                verify.check_rendering(meta, llm, tokenizer, conversations[0]),
+                verify.check_stop(llm, tokenizer, fmt.end_of_turn),
+            ]
+            if quant == "F16":
+                results.append(verify.check_logits(llm, model, tokenizer, prompts))
+                f16_llm = llm
+        checks += [{"file": path.name, "quant": quant, **c.to_json()} for c in results]
+        row = {"quant": quant, "file": path.name, "bytes": path.stat().st_size}
+        if quant != "F16" and llm is not None and f16_llm is not None:
+            row.update(verify.quant_quality(llm, f16_llm, tokenizer, prompts))
+            other, total = fallback_share(path, quant)
+            row["fallback_tensors"] = f"{other}/{total}"
+            row["fallback_share"] = other / max(total, 1)
+        comparison.append(row)
+        if llm is not None and (quant == quants[0] or sample is None):
+            sample = {"file": path.name, "reply": sample_reply(llm, conversations[0])}
+
+    warnings = []
+    for row in comparison:
+        if row["quant"] in ("Q4_K_M", "Q4_0") and (
+            row.get("fallback_share", 0) > 0.25 or row.get("kl_vs_f16", 0) > 0.02
+        ):
+            warnings.append(
+                f"{row['quant']} is a poor fit for this model: {row.get('fallback_tensors')} weight matrices fell "
+                f"back to other types (widths not multiples of 256) and KL vs F16 is {row.get('kl_vs_f16', 0):.3f}. "
+                "Q8_0 keeps the model's behaviour at about twice the size; for a model this small it is the "
+                "better choice (`--quant Q8_0`)."
+            )
+    passed = all(c["passed"] for c in checks)
+    report = {
+        "passed": passed,
+        "files": {q: str(p) for q, p in files.items()},
+        "checks": checks,
+        "quantizations": comparison,
+        "warnings": warnings,
+        "sample_reply": sample,
+        "chat_format": manifest["chat_format"],
+        "max_seq_len": manifest.get("max_seq_len"),
+        "requested": quants,
+    }
+    write_json(out / "export.json", report)
+    return ExportReport(passed, files, report)
