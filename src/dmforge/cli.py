@@ -262,6 +262,88 @@ def data_preview(
     preview(config, _registry(config), console, count)
 
 
+def _print_export(report: dict) -> None:
+    table = Table(title="verification", title_justify="left", header_style="bold")
+    for column in ("file", "check", "result", "figures / reason"):
+        table.add_column(column, overflow="fold")
+    for c in report["checks"]:
+        figures = ", ".join(f"{k}={_short(v)}" for k, v in c["figures"].items())
+        table.add_row(
+            c["file"], c["name"], "[green]pass[/]" if c["passed"] else "[red]FAIL[/]", escape(c["reason"] or figures)
+        )
+    console.print(table)
+    quant_table = Table(title="quantizations", title_justify="left", header_style="bold")
+    for column in ("quant", "size", "KL vs F16", "greedy agreement", "fallback tensors"):
+        quant_table.add_column(column)
+    for row in report["quantizations"]:
+        quant_table.add_row(
+            row["quant"],
+            f"{row['bytes'] / 2**20:.0f} MB",
+            _short(row.get("kl_vs_f16", "-")),
+            _short(row.get("greedy_agreement", "-")),
+            str(row.get("fallback_tensors", "-")),
+        )
+    console.print(quant_table)
+    for warning in report["warnings"]:
+        console.print(f"[yellow]warning:[/] {escape(warning)}")
+    if report.get("sample_reply"):
+        console.print(f"[bold]sample DM reply[/] ({report['sample_reply']['file']}, llama.cpp, embedded template):")
+        console.print(escape(report["sample_reply"]["reply"]))
+
+
+def _short(value) -> str:
+    return f"{value:.4g}" if isinstance(value, float) else str(value)
+
+
+@app.command("export")
+def export_command(
+    run: Annotated[Path, typer.Argument(help="The run folder (runs/<id>) with a merged model.")],
+    quant: Annotated[
+        list[str] | None, typer.Option("--quant", help="Q4_K_M (default), Q8_0, Q6_K, Q5_K_M, Q4_0 or F16; repeatable.")
+    ] = None,
+    max_size_gb: Annotated[float | None, typer.Option(help="Size budget per file, in GB.")] = None,
+    as_json: Annotated[bool, typer.Option("--json", help="Print the verification report as JSON.")] = False,
+    config_file: ConfigOption = None,
+) -> None:
+    """Convert the run's merged model to GGUF, quantize it, and verify every file in llama.cpp."""
+    from dmforge.export.run import export_run
+
+    config = load_config(config_file, {"export": {"quants": quant, "max_size_gb": max_size_gb}})
+    result = export_run(run, config.export.quants, config.export.max_size_gb, None if as_json else console)
+    if as_json:
+        sys.stdout.write(json.dumps(result.report, indent=2, default=str) + "\n")
+    else:
+        _print_export(result.report)
+        verdict = "[green]passed[/]" if result.passed else "[red]FAILED[/]"
+        console.print(f"Export {verdict}; files in {escape(str(run / 'gguf'))}")
+    raise typer.Exit(0 if result.passed else 1)
+
+
+@app.command("deploy")
+def deploy_command(
+    app_dir: Annotated[Path, typer.Option("--app", help="The React Native app's root folder.")],
+    run: Annotated[Path, typer.Argument(help="The run folder whose verified GGUF to deploy.")],
+    quant: Annotated[str | None, typer.Option(help="Which exported file (default: the first exported).")] = None,
+    config_file: ConfigOption = None,
+) -> None:
+    """Copy the verified GGUF into <app>/assets/models/ and write the config values for cactus.ts."""
+    from dmforge.deploy.app import deploy
+
+    config = load_config(config_file)
+    result = deploy(run, app_dir, config.data, quant or config.deploy.quant)
+    _print_deploy(result)
+
+
+def _print_deploy(result) -> None:
+    console.print(
+        f"[green]Deployed[/] {escape(str(result.model))}"
+        + (f" (previous model kept as {escape(result.backup.name)})" if result.backup else "")
+    )
+    console.print(f"config: {escape(str(result.config_ts))} and {escape(str(result.config_json))}")
+    for key in ("modelPath", "mmprojPath", "n_ctx", "stop", "jinja", "toolResultRole", "quantization"):
+        console.print(f"  {key}: {escape(json.dumps(result.values[key]))}")
+
+
 @app.command("pipeline")
 def pipeline(
     base: BaseOption = None,
@@ -269,13 +351,15 @@ def pipeline(
     run_dir: RunDirOption = None,
     max_steps: MaxStepsOption = None,
     max_seq_len: MaxSeqOption = None,
+    app_dir: Annotated[Path | None, typer.Option("--app", help="Deploy into this React Native app folder.")] = None,
     config_file: ConfigOption = None,
 ) -> None:
-    """Run the whole pipeline (what ./train.sh runs): check → train, and the later stages as they land."""
+    """Run the whole pipeline (what ./train.sh runs): check → train → export → verify → deploy."""
     from dmforge.pipeline import run_pipeline
 
     overrides = _train_overrides(base, run_dir, max_steps, max_seq_len)
     overrides["data"] = {"scenarios": scenarios}
+    overrides["deploy"] = {"app": app_dir}
     config = load_config(config_file, overrides)
     run_pipeline(config, _registry(config), console)
 

@@ -132,10 +132,30 @@ class TrainConfig(_Section):
     memory_fraction: float = Field(0.9, gt=0, le=1, description="Refuse to start above this share of memory.")
 
 
+class ExportConfig(_Section):
+    """GGUF export and its verification."""
+
+    quants: list[Literal["F16", "Q8_0", "Q6_K", "Q5_K_M", "Q4_K_M", "Q4_0"]] = Field(
+        ["Q4_K_M"],
+        min_length=1,
+        description="Quantizations to write; the first is the one deployed. F16 is always made.",
+    )
+    max_size_gb: float = Field(2.0, gt=0, description="Fail the export when a file is larger than this.")
+
+
+class DeployConfig(_Section):
+    """Copying the model into the app."""
+
+    app: Path | None = Field(None, description="The React Native app's root folder; no deploy when unset.")
+    quant: str | None = Field(None, description="Which exported file to deploy; default the first of export.quants.")
+
+
 class DmforgeConfig(_Section):
     data: DataConfig = DataConfig()
     model: ModelConfig = ModelConfig()
     train: TrainConfig = TrainConfig()
+    export: ExportConfig = ExportConfig()
+    deploy: DeployConfig = DeployConfig()
 
 
 def _read_file(path: Path) -> dict[str, Any]:

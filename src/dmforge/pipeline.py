@@ -1,8 +1,8 @@
 """The one-command pipeline behind `./train.sh`: each stage in order, with a status line per stage.
 
-Stages so far: check the scenarios, then fine-tune (which builds the dataset into the run folder,
-runs the preflight, trains, and merges). Evaluation, GGUF export and deployment join this list as
-they land; until then the pipeline stops after training and says so.
+Stages: check the scenarios; fine-tune (which builds the dataset into the run folder, runs the
+preflight, trains and merges); export to GGUF and verify it in llama.cpp; deploy into the app when
+an app folder is given. Evaluation joins this list when it lands.
 """
 
 from __future__ import annotations
@@ -19,7 +19,7 @@ from dmforge.errors import DmforgeError
 from dmforge.scenarios import check_paths
 from dmforge.tools.registry import Registry
 
-STAGES = ("check", "train")
+STAGES = ("check", "train", "export", "deploy")
 
 
 @dataclass
@@ -28,6 +28,8 @@ class PipelineResult:
     merged: Path
     metrics: dict
     seconds: float
+    gguf: Path | None = None
+    deployed: Path | None = None
 
 
 def _stage(console: Console, index: int, name: str, detail: str) -> None:
@@ -58,17 +60,54 @@ def run_pipeline(config: DmforgeConfig, registry: Registry, console: Console) ->
     except DmforgeError as exc:
         raise DmforgeError(f"Stage `train` failed: {exc}", exc.exit_code) from exc
     m = result.metrics
+    console.print(
+        f"  [green]ok[/]: {m['steps']} steps; validation loss {_num(m['final_val_loss'])} "
+        f"(best {_num(m['best_val_loss'])} at step {m['best_step']})"
+    )
+
+    from dmforge.export.run import export_run
+
+    _stage(console, 3, "export", f"GGUF {', '.join(config.export.quants)}, verified in llama.cpp")
+    exported = export_run(result.run_dir, config.export.quants, config.export.max_size_gb, console)
+    if not exported.passed:
+        failed = [f"{c['file']} {c['name']}: {c['reason']}" for c in exported.report["checks"] if not c["passed"]]
+        raise DmforgeError("Stage `export` failed verification: " + "; ".join(failed))
+    shipped = exported.files[config.export.quants[0]]
+    for warning in exported.report["warnings"]:
+        console.print(f"  [yellow]warning:[/] {escape(warning)}")
+    console.print(
+        f"  [green]ok[/]: every check passed; {escape(shipped.name)} is {shipped.stat().st_size / 2**20:.0f} MB"
+    )
+
+    deployed = None
+    if config.deploy.app:
+        from dmforge.deploy.app import deploy
+
+        _stage(console, 4, "deploy", f"into {escape(str(config.deploy.app))}")
+        done = deploy(result.run_dir, config.deploy.app, data, config.deploy.quant)
+        deployed = done.model
+        console.print(f"  [green]ok[/]: {escape(str(done.model))}; config in {escape(str(done.config_ts))}")
+        console.print(
+            f"  modelPath: {done.values['modelPath']!r}, n_ctx: {done.values['n_ctx']}, "
+            f"stop: {done.values['stop']!r}, jinja: true"
+        )
+    else:
+        _stage(console, 4, "deploy", "skipped: no app folder given (--app PATH or deploy.app in the config)")
+
     seconds = time.monotonic() - started
     console.print(
-        f"\n[bold green]Done in {seconds / 60:.1f} min.[/] {m['steps']} steps; validation loss "
-        f"{_num(m['final_val_loss'])} (best {_num(m['best_val_loss'])} at step {m['best_step']}).\n"
+        f"\n[bold green]Done in {seconds / 60:.1f} min.[/]\n"
         f"  run folder:   {escape(str(result.run_dir))}\n"
-        f"  merged model: {escape(str(result.merged))}\n"
+        f"  model (GGUF): {escape(str(shipped))}\n"
         f"  loss curve:   {escape(str(result.run_dir / 'loss.png'))}\n"
-        "This release stops after training: evaluation, GGUF export and deployment into the app are the next "
-        "stages and are not part of it yet."
+        + (
+            f"  in the app:   {escape(str(deployed))}\n"
+            if deployed
+            else f"  To put it in the app: dmforge deploy --app PATH {escape(str(result.run_dir))}\n"
+        )
+        + "Evaluation of tool calls and narration is the next stage and is not part of this release yet."
     )
-    return PipelineResult(result.run_dir, result.merged, m, seconds)
+    return PipelineResult(result.run_dir, result.merged, m, seconds, shipped, deployed)
 
 
 def _num(value) -> str:
