@@ -21,8 +21,20 @@ from conftest import ROOT
 @pytest.mark.slow
 def test_train_sh_quick_run_learns_and_the_merged_model_generates(tmp_path: Path):
     run = tmp_path / "run"
+    app = tmp_path / "app"
+    app.mkdir()
+    (app / "package.json").write_text('{"name": "dnd-game"}')
     result = subprocess.run(
-        ["bash", str(ROOT / "train.sh"), "--config", str(ROOT / "configs" / "quick.yaml"), "--run-dir", str(run)],
+        [
+            "bash",
+            str(ROOT / "train.sh"),
+            "--config",
+            str(ROOT / "configs" / "quick.yaml"),
+            "--run-dir",
+            str(run),
+            "--app",
+            str(app),
+        ],
         cwd=tmp_path,
         capture_output=True,
         text=True,
@@ -30,8 +42,8 @@ def test_train_sh_quick_run_learns_and_the_merged_model_generates(tmp_path: Path
     )
     output = result.stdout + result.stderr
     assert result.returncode == 0, output
-    assert "1/2 check" in output and "2/2 train" in output and "preflight" in output
-    assert "stops after training" in " ".join(result.stdout.split())
+    for stage in ("1/4 check", "2/4 train", "3/4 export", "4/4 deploy", "preflight"):
+        assert stage in output, stage
 
     m = json.loads((run / "metrics.json").read_text())
     losses = [loss for _, loss in m["train_loss"]]
@@ -62,6 +74,23 @@ def test_train_sh_quick_run_learns_and_the_merged_model_generates(tmp_path: Path
     ids = tokenizer.apply_chat_template(messages, add_generation_prompt=True, return_tensors="pt", return_dict=False)
     out = model.generate(ids, max_new_tokens=24, do_sample=False)
     assert len(tokenizer.decode(out[0, ids.shape[1] :], skip_special_tokens=True).split()) >= 3
+
+    export = json.loads((run / "gguf" / "export.json").read_text())
+    assert export["passed"], [c for c in export["checks"] if not c["passed"]]
+    assert {c["quant"] for c in export["checks"]} == {"F16", "Q4_K_M"}
+    assert export["sample_reply"]["reply"].strip()
+
+    from llama_cpp import Llama
+
+    llm = Llama(model_path=str(run / "gguf" / "dungeon-master-q4_k_m.gguf"), n_ctx=1024, verbose=False)
+    reply = llm.create_chat_completion(messages=messages, max_tokens=48, temperature=0.0)
+    assert reply["choices"][0]["message"]["content"].strip()
+
+    deployed = app / "assets" / "models" / "dungeon-master.gguf"
+    assert deployed.read_bytes() == (run / "gguf" / "dungeon-master-q4_k_m.gguf").read_bytes()
+    values = json.loads((app / "assets" / "models" / "dungeon-master.json").read_text())
+    assert values["modelPath"] == "assets/models/dungeon-master.gguf" and values["n_ctx"] == 1024
+    assert (app / "src" / "dmforge" / "dungeonMasterModel.ts").is_file()
 
 
 def test_package_json_train_script_calls_train_sh():
