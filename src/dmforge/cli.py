@@ -319,6 +319,51 @@ def export_command(
     raise typer.Exit(0 if result.passed else 1)
 
 
+def _print_eval(report: dict) -> None:
+    from dmforge.evaluation.report import _headers, table_rows
+
+    table = Table(
+        title=f"evaluation on {report['turns']} held-out DM turns ({report['source']})",
+        title_justify="left",
+        header_style="bold",
+    )
+    for header in _headers(report["models"]):
+        table.add_column(header, justify="left" if header == "metric" else "right")
+    for row in table_rows(report["models"]):
+        table.add_row(*row)
+    console.print(table)
+    p = report["playtest"]
+    console.print(f"playtest ({p['model']}): {p['calls']} tool calls, {p['valid_calls']} executed")
+
+
+@app.command("eval")
+def eval_command(
+    run: Annotated[Path | None, typer.Argument(help="The run folder; default: the latest finished run.")] = None,
+    scenarios: Annotated[
+        Path | None, typer.Option(help="Evaluate on these scenarios instead of the run's validation split.")
+    ] = None,
+    max_turns: Annotated[int | None, typer.Option(help="DM turns scored per model.", min=1)] = None,
+    as_json: Annotated[bool, typer.Option("--json", help="Print report.json.")] = False,
+    config_file: ConfigOption = None,
+) -> None:
+    """Score base, fine-tuned and GGUF models on held-out DM turns; write report.md/.html/.json and a playtest."""
+    from dmforge.evaluation.run import evaluate_run
+
+    config = load_config(config_file, {"eval": {"max_turns": max_turns}})
+    report = evaluate_run(
+        run,
+        config,
+        _registry(config),
+        console if not as_json else Console(quiet=True),
+        scenarios,
+        config.eval.max_turns,
+    )
+    if as_json:
+        sys.stdout.write(json.dumps(report, indent=2) + "\n")
+    else:
+        _print_eval(report)
+
+
 @app.command("deploy")
 def deploy_command(
     app_dir: Annotated[Path, typer.Option("--app", help="The React Native app's root folder.")],

@@ -143,6 +143,14 @@ class ExportConfig(_Section):
     max_size_gb: float = Field(2.0, gt=0, description="Fail the export when a file is larger than this.")
 
 
+class EvalConfig(_Section):
+    """Evaluation of tool calls and narration on held-out DM turns."""
+
+    max_turns: int | None = Field(
+        40, ge=1, description="Held-out DM turns scored per model (taken across all stories); null for all."
+    )
+
+
 class DeployConfig(_Section):
     """Copying the model into the app."""
 
@@ -155,6 +163,7 @@ class DmforgeConfig(_Section):
     model: ModelConfig = ModelConfig()
     train: TrainConfig = TrainConfig()
     export: ExportConfig = ExportConfig()
+    eval: EvalConfig = EvalConfig()
     deploy: DeployConfig = DeployConfig()
 
 

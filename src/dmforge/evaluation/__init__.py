@@ -1,0 +1,1 @@
+"""Evaluation of tool calls and narration on held-out DM turns, across base, fine-tuned and GGUF."""
