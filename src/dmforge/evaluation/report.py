@@ -11,6 +11,7 @@ import html
 from pathlib import Path
 
 from dmforge.files import write_json, write_text
+from dmforge.training.plots import save_figure
 
 HEADLINE = [
     ("call_decision_accuracy", "call decision accuracy", True),
@@ -78,11 +79,7 @@ def chart_png(path: Path, models: dict[str, dict]) -> None:
     ax.set_ylim(0, 1.05)
     ax.set_title("Tool calls and narration on held-out DM turns (higher is better)")
     ax.legend()
-    fig.tight_layout()
-    tmp = path.with_name(path.name + ".tmp.png")
-    fig.savefig(tmp)
-    plt.close(fig)
-    tmp.replace(path)
+    save_figure(fig, path)
 
 
 def write_reports(out: Path, report: dict) -> None:

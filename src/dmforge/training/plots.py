@@ -9,6 +9,17 @@ from pathlib import Path
 from dmforge.files import write_text
 
 
+def save_figure(fig, path: Path) -> None:
+    """Write a matplotlib figure as PNG beside `path` and rename it in, so a crash never leaves half a PNG."""
+    import matplotlib.pyplot as plt
+
+    fig.tight_layout()
+    tmp = path.with_name(path.name + ".tmp.png")
+    fig.savefig(tmp)
+    plt.close(fig)
+    tmp.replace(path)
+
+
 def loss_curve_png(path: Path, train: list[tuple[int, float]], val: list[tuple[int, float]], title: str) -> None:
     import matplotlib
 
@@ -25,11 +36,7 @@ def loss_curve_png(path: Path, train: list[tuple[int, float]], val: list[tuple[i
     ax.set_title(title)
     ax.grid(alpha=0.3)
     ax.legend()
-    fig.tight_layout()
-    tmp = path.with_name(path.name + ".tmp.png")
-    fig.savefig(tmp)
-    plt.close(fig)
-    tmp.replace(path)
+    save_figure(fig, path)
 
 
 def metrics_html(path: Path, png: Path, title: str, rows: dict[str, object]) -> None:
