@@ -9,6 +9,8 @@ from dmforge.scenarios.parser import parse_scenario
 from dmforge.tools.registry import load_registry
 
 ROOT = Path(__file__).resolve().parents[1]
+# How SmolLM2's template renders dmforge conversations, as finetune records it in a run's manifest.
+SMOLLM2_CHAT_FORMAT = {"tool_role": True, "tool_prefix": "", "end_of_turn": "<|im_end|>", "prefix_stable": True}
 CORPUS = ROOT / "data" / "scenarios"
 
 VALID = textwrap.dedent(

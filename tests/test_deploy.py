@@ -8,6 +8,7 @@ from pathlib import Path
 
 import pytest
 
+from conftest import SMOLLM2_CHAT_FORMAT
 from dmforge.config import DataConfig
 from dmforge.deploy.app import deploy
 from dmforge.errors import DmforgeError
@@ -25,12 +26,7 @@ def _exported_run(tmp_path: Path, content: bytes = b"GGUF-v1", passed: bool = Tr
                 "files": {"F16": str(run / "gguf" / "f16.gguf"), "Q4_K_M": str(gguf)},
                 "requested": ["Q4_K_M"],
                 "checks": [{"file": gguf.name, "name": "rope_base", "passed": passed}],
-                "chat_format": {
-                    "tool_role": True,
-                    "tool_prefix": "",
-                    "end_of_turn": "<|im_end|>",
-                    "prefix_stable": True,
-                },
+                "chat_format": SMOLLM2_CHAT_FORMAT,
                 "max_seq_len": 1024,
             }
         )

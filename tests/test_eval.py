@@ -14,7 +14,7 @@ from pathlib import Path
 
 import pytest
 
-from conftest import CORPUS, ROOT
+from conftest import CORPUS, ROOT, SMOLLM2_CHAT_FORMAT
 
 pytestmark = pytest.mark.slow
 
@@ -29,12 +29,7 @@ def exported_run(smollm2_base, tmp_path_factory):
         json.dumps(
             {
                 "base": {"spec": "smollm2-135m", "path": str(smollm2_base.path)},
-                "chat_format": {
-                    "tool_role": True,
-                    "tool_prefix": "",
-                    "end_of_turn": "<|im_end|>",
-                    "prefix_stable": True,
-                },
+                "chat_format": SMOLLM2_CHAT_FORMAT,
                 "max_seq_len": 1024,
             }
         )

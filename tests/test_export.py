@@ -9,6 +9,7 @@ from pathlib import Path
 
 import pytest
 
+from conftest import SMOLLM2_CHAT_FORMAT
 from dmforge.export.convert import converter_ready_config, stage_for_converter
 from dmforge.export.converter import extract_converter
 
@@ -67,12 +68,7 @@ def _run_from(model_dir: Path, run: Path) -> Path:
     (run / "manifest.json").write_text(
         json.dumps(
             {
-                "chat_format": {
-                    "tool_role": True,
-                    "tool_prefix": "",
-                    "end_of_turn": "<|im_end|>",
-                    "prefix_stable": True,
-                },
+                "chat_format": SMOLLM2_CHAT_FORMAT,
                 "max_seq_len": 1024,
             }
         )
