@@ -88,7 +88,17 @@ def test_aggregate(score):
     assert m["turns"] == 5
     assert m["call_decision_accuracy"] == pytest.approx(3 / 5)
     assert m["call_precision"] == pytest.approx(2 / 3) and m["call_recall"] == pytest.approx(2 / 3)
+    assert m["call_f1"] == pytest.approx(2 / 3)
     assert m["exact_call_match"] == pytest.approx(1 / 4)
     assert m["call_validity"] == pytest.approx(2 / 3)
     assert m["per_tool"]["roll"]["support"] == 3 and m["per_tool"]["initiative"]["f1"] == 0.0
     assert m["in_character_rate"] == 1.0
+
+
+def test_a_model_that_never_calls_scores_zero_call_f1_however_many_quiet_turns_it_gets_right(score):
+    quiet = [score("The road is empty.", gold="The road is empty.") for _ in range(6)]
+    missed = [score("You see the goblins.") for _ in range(2)]  # gold: [roll: dexterity save, dc=12]
+    m = aggregate(quiet + missed)
+    assert m["call_decision_accuracy"] == pytest.approx(6 / 8)
+    assert m["call_f1"] == 0.0 and m["call_precision"] is None
+    assert aggregate(quiet)["call_f1"] is None, "nothing to call and nothing called: not measured"

@@ -205,6 +205,9 @@ def aggregate(verdicts: list[TurnVerdict]) -> dict:
         "call_decision_accuracy": _ratio(sum(v.decision_correct for v in verdicts), n),
         "call_precision": _ratio(tp, tp + fp),
         "call_recall": _ratio(tp, tp + fn),
+        # The balanced score of the decision: a model that never calls gets 0 here, however many quiet turns
+        # it gets right by staying quiet.
+        "call_f1": _ratio(2 * tp, 2 * tp + fp + fn),
         # Over the turns where either side calls a tool: quiet-on-quiet turns are counted by the decision metric.
         "exact_call_match": _ratio(
             sum(v.exact_match for v in verdicts if v.gold_calls or v.predicted_calls),

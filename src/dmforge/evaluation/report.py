@@ -17,6 +17,7 @@ HEADLINE = [
     ("call_decision_accuracy", "call decision accuracy", True),
     ("call_precision", "call precision", True),
     ("call_recall", "call recall", True),
+    ("call_f1", "call F1", True),
     ("exact_call_match", "exact call match", True),
     ("call_validity", "call validity", True),
     ("continuation_consistency", "continuation consistency", True),
