@@ -19,6 +19,16 @@ from dmforge.training.chat import IGNORE, ChatFormat, Sample
 MAX_NEW_TOKENS = 160
 
 
+def reply_budget(gold_tokens: int) -> int:
+    """Tokens a model may write for one scored turn: twice the gold reply's length plus 32, at most 160.
+
+    A longer reply is already wrong on length, and small models under greedy decoding often loop
+    until the limit; the cap keeps evaluation minutes, not tens of minutes, without cutting a reply
+    that is the gold's length (the gold's tool calls included).
+    """
+    return min(MAX_NEW_TOKENS, 2 * gold_tokens + 32)
+
+
 @dataclass
 class EvalTurn:
     conversation: str
@@ -38,12 +48,12 @@ class HFModel:
         self.tokenizer, self.fmt = tokenizer, fmt
         self.end_id = tokenizer.convert_tokens_to_ids(fmt.end_of_turn)
 
-    def reply(self, messages: list[dict]) -> str:
+    def reply(self, messages: list[dict], max_tokens: int = MAX_NEW_TOKENS) -> str:
         prompt = self.tokenizer.apply_chat_template(messages, tokenize=False, add_generation_prompt=True)
         ids = self.tokenizer(prompt, add_special_tokens=False, return_tensors="pt")["input_ids"]
         with torch.no_grad():
             out = self.model.generate(
-                ids, max_new_tokens=MAX_NEW_TOKENS, do_sample=False, eos_token_id=self.end_id, pad_token_id=self.end_id
+                ids, max_new_tokens=max_tokens, do_sample=False, eos_token_id=self.end_id, pad_token_id=self.end_id
             )
         return self.tokenizer.decode(out[0, ids.shape[1] :], skip_special_tokens=True).strip()
 
@@ -63,8 +73,8 @@ class GGUFModel:
 
         self.llm = Llama(model_path=str(path), n_ctx=n_ctx, logits_all=True, verbose=False)
 
-    def reply(self, messages: list[dict]) -> str:
-        out = self.llm.create_chat_completion(messages=messages, max_tokens=MAX_NEW_TOKENS, temperature=0.0, top_k=1)
+    def reply(self, messages: list[dict], max_tokens: int = MAX_NEW_TOKENS) -> str:
+        out = self.llm.create_chat_completion(messages=messages, max_tokens=max_tokens, temperature=0.0, top_k=1)
         return (out["choices"][0]["message"]["content"] or "").strip()
 
     def nll(self, sample: Sample) -> tuple[float, int]:

@@ -16,7 +16,7 @@ from dmforge.config import DmforgeConfig, compose_system_prompt
 from dmforge.dataset.conversation import to_conversation
 from dmforge.errors import DmforgeError
 from dmforge.evaluation import playtest as play
-from dmforge.evaluation.generate import EvalTurn, GGUFModel, HFModel, perplexity
+from dmforge.evaluation.generate import EvalTurn, GGUFModel, HFModel, perplexity, reply_budget
 from dmforge.evaluation.metrics import aggregate, score_turn
 from dmforge.evaluation.report import write_reports
 from dmforge.files import write_json, write_text
@@ -67,6 +67,28 @@ def _latest_run(runs_root: Path) -> Path:
     return runs[-1]
 
 
+MODEL_NAMES = ("base", "fine-tuned", "gguf")
+
+
+def _model_source(run_dir: Path, name: str) -> Path:
+    """The file whose change makes a model's cached column stale."""
+    return {"base": run_dir / "manifest.json", "fine-tuned": run_dir / "metrics.json"}.get(
+        name, run_dir / "gguf" / "export.json"
+    )
+
+
+def _newer(path: Path, source: Path) -> bool:
+    return path.is_file() and (not source.is_file() or path.stat().st_mtime >= source.stat().st_mtime)
+
+
+def _cached_column(path: Path, key: dict, source: Path) -> dict | None:
+    """A model's column from an earlier evaluation, when it scored the same turns of the same model."""
+    if not _newer(path, source):
+        return None
+    column = json.loads(path.read_text())
+    return column if column.get("key") == key else None
+
+
 def evaluate_run(
     run_dir: Path | None,
     config: DmforgeConfig,
@@ -74,7 +96,16 @@ def evaluate_run(
     console: Console,
     scenarios: Path | None = None,
     max_turns: int | None = None,
+    models: tuple[str, ...] = MODEL_NAMES,
+    reuse: bool = False,
+    playtest: bool = True,
 ) -> dict:
+    """Score `models` on held-out DM turns and write the reports; returns report.json's content.
+
+    Each model's column is kept in `eval/models/<name>.json`. With `reuse`, a column that scored the
+    same turns of an unchanged model is read back instead of generated again: this is how
+    ./train.sh scores base and fine-tuned before export and adds the GGUF column after it.
+    """
     from transformers import AutoTokenizer
 
     run_dir = run_dir or _latest_run(config.train.runs_root)
@@ -107,7 +138,7 @@ def evaluate_run(
         manifest.get("max_seq_len") or config.train.max_seq_len,
     )
 
-    models: dict[str, object] = {
+    loaders: dict[str, object] = {
         "base": lambda: HFModel(Path(manifest["base"]["path"]), tokenizer, fmt),
         "fine-tuned": lambda: HFModel(run_dir / "merged", tokenizer, fmt),
     }
@@ -115,12 +146,22 @@ def evaluate_run(
     if export_path.is_file():
         export = json.loads(export_path.read_text())
         shipped = Path(export["files"][export["requested"][0]])
-        models["gguf"] = lambda: GGUFModel(shipped, n_ctx=(manifest.get("max_seq_len") or 1024) + 256)
+        loaders["gguf"] = lambda: GGUFModel(shipped, n_ctx=(manifest.get("max_seq_len") or 1024) + 256)
+    elif "gguf" in models and models != MODEL_NAMES:
+        raise DmforgeError(f"{run_dir} has no GGUF yet. Run `dmforge export {run_dir}` first.", exit_code=2)
+    names = [n for n in MODEL_NAMES if n in models and n in loaders]
 
     out = run_dir / "eval"
-    out.mkdir(parents=True, exist_ok=True)
-    results: dict[str, dict] = {}
-    details: list[str] = []
+    key = {"source": source, "turns": [[t.conversation, t.index] for t in turns]}
+    columns: dict[str, dict] = {}
+    reused: list[str] = []
+    if reuse:
+        for name in names:
+            column = _cached_column(out / "models" / f"{name}.json", key, _model_source(run_dir, name))
+            if column:
+                columns[name] = column
+                reused.append(name)
+
     last_model = None
     progress = Progress(
         TextColumn("[bold]eval[/] {task.description}"),
@@ -131,12 +172,13 @@ def evaluate_run(
         console=console,
     )
     with progress:
-        for name, load in models.items():
+        for name in (n for n in names if n not in columns):
             task = progress.add_task(name, total=len(turns) + 1)
-            model = load()
-            verdicts = []
+            model = loaders[name]()
+            verdicts, details = [], []
             for turn in turns:
-                predicted = model.reply(turn.prompt)
+                budget = reply_budget(len(tokenizer(turn.gold, add_special_tokens=False)["input_ids"]))
+                predicted = model.reply(turn.prompt, max_tokens=budget)
                 verdict = score_turn(
                     predicted,
                     turn.gold,
@@ -147,42 +189,58 @@ def evaluate_run(
                 )
                 verdicts.append(verdict)
                 details.append(
-                    json.dumps(
-                        {
-                            "model": name,
-                            "conversation": turn.conversation,
-                            "turn": turn.index,
-                            "prompt": turn.prompt,
-                            "gold": turn.gold,
-                            "prediction": predicted,
-                            "verdict": verdict.to_json(),
-                        },
-                        ensure_ascii=False,
-                    )
+                    {
+                        "model": name,
+                        "conversation": turn.conversation,
+                        "turn": turn.index,
+                        "prompt": turn.prompt,
+                        "gold": turn.gold,
+                        "prediction": predicted,
+                        "verdict": verdict.to_json(),
+                    }
                 )
                 progress.advance(task)
             metrics = aggregate(verdicts)
             metrics["perplexity"] = perplexity(model, samples)
-            results[name] = metrics
             progress.advance(task)
+            columns[name] = {"key": key, "metrics": metrics, "details": details}
+            write_json(out / "models" / f"{name}.json", columns[name])
             last_model = model
-
-    header = Header(
-        title="Playtest", world=play.SETTING["world"], location=play.SETTING["location"], party=play.SETTING["party"]
-    )
-    system = compose_system_prompt(config.data, header, None)
-    played = play.playtest(last_model, system, registry)
-    label = "gguf" if "gguf" in models else "fine-tuned"
-    write_json(out / "playtest.json", played)
-    write_text(out / "playtest.md", play.transcript_markdown(f"{label} model", played))
-    write_text(out / "details.jsonl", "\n".join(details) + "\n")
 
     report = {
         "title": f"{manifest['base']['spec']} → {run_dir.name}",
         "source": source,
         "turns": len(turns),
-        "models": results,
-        "playtest": {"model": label, "calls": played["calls"], "valid_calls": played["valid_calls"]},
+        "models": {name: columns[name]["metrics"] for name in names},
+        "reused": reused,
     }
+    if playtest:
+        # The playtest plays the file the app will load when there is one.
+        label = names[-1]
+        saved = out / "playtest.json"
+        played = json.loads(saved.read_text()) if reuse and label in reused and saved.is_file() else None
+        if played is None or played.get("model") != label or not _newer(saved, _model_source(run_dir, label)):
+            header = Header(
+                title="Playtest",
+                world=play.SETTING["world"],
+                location=play.SETTING["location"],
+                party=play.SETTING["party"],
+            )
+            model = last_model if label not in reused and last_model is not None else loaders[label]()
+            played = play.playtest(model, compose_system_prompt(config.data, header, None), registry)
+            played["model"] = label
+            write_json(saved, played)
+            write_text(out / "playtest.md", play.transcript_markdown(f"{label} model", played))
+            was_reused = False
+        else:
+            was_reused = True
+        report["playtest"] = {
+            "model": label,
+            "calls": played["calls"],
+            "valid_calls": played["valid_calls"],
+            "reused": was_reused,
+        }
+    lines = [json.dumps(d, ensure_ascii=False) for name in names for d in columns[name]["details"]]
+    write_text(out / "details.jsonl", "\n".join(lines) + "\n")
     write_reports(out, report)
     return report
