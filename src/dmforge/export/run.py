@@ -8,6 +8,7 @@ llama-cpp-python with the embedded chat template, as Cactus runs it).
 from __future__ import annotations
 
 import json
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -50,7 +51,14 @@ def sample_reply(llm, messages: list[dict], max_tokens: int = 96) -> str:
     return result["choices"][0]["message"]["content"] or ""
 
 
-def export_run(run_dir: Path, quants: list[str], max_size_gb: float = 2.0, console=None) -> ExportReport:
+def export_run(
+    run_dir: Path,
+    quants: list[str],
+    max_size_gb: float = 2.0,
+    console=None,
+    announce: Callable[[str, str], None] | None = None,
+) -> ExportReport:
+    """Convert, quantize and verify. `announce(stage, detail)` marks where export and verify start."""
     import torch
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
@@ -75,6 +83,8 @@ def export_run(run_dir: Path, quants: list[str], max_size_gb: float = 2.0, conso
         if console:
             console.print(text)
 
+    if announce:
+        announce("export", f"GGUF {', '.join(quants)} with llama.cpp's converter (F16 first)")
     say("converting the merged model to GGUF (F16) with llama.cpp's converter…")
     files = {"F16": convert_to_gguf(merged, out / gguf_name("F16"))}
     for quant in quants:
@@ -82,6 +92,8 @@ def export_run(run_dir: Path, quants: list[str], max_size_gb: float = 2.0, conso
             say(f"quantizing to {quant}…")
             files[quant] = quantize(files["F16"], out / gguf_name(quant), quant)
 
+    if announce:
+        announce("verify", "load each file in llama.cpp; architecture, rope, template, stop token, logits, size")
     model = AutoModelForCausalLM.from_pretrained(merged, dtype=torch.float32).eval()
     config = verify.model_config(merged)
     conversations = _probe_conversations(run_dir, fmt)
@@ -143,6 +155,7 @@ def export_run(run_dir: Path, quants: list[str], max_size_gb: float = 2.0, conso
         "chat_format": manifest["chat_format"],
         "max_seq_len": manifest.get("max_seq_len"),
         "requested": quants,
+        "max_size_gb": max_size_gb,
     }
     write_json(out / "export.json", report)
     return ExportReport(passed, files, report)

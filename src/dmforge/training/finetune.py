@@ -18,6 +18,7 @@ import json
 import os
 import random
 import time
+from collections.abc import Callable
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
@@ -73,7 +74,8 @@ def default_run_dir(config: DmforgeConfig) -> Path:
 
 
 def _identity(config: DmforgeConfig, corpus: str) -> dict:
-    data = json.loads(config.model_dump_json())
+    """What a run trains on. Export, evaluation and deploy options are left out: they never change the weights."""
+    data = json.loads(config.model_dump_json(include={"data", "model", "train"}))
     data["train"] = {k: v for k, v in data["train"].items() if k not in RESUMABLE_KEYS}
     data["data"].pop("out", None)
     return {"config": data, "corpus": corpus}
@@ -111,8 +113,15 @@ def _sample_reply(merged: Path, tokenizer, fmt, conversation: dict, device: str 
     return {"conversation": conversation["id"], "gold": messages[first_dm]["content"], "reply": reply.strip()}
 
 
-def finetune(config: DmforgeConfig, registry: Registry, console: Console) -> FinetuneResult:
+def finetune(
+    config: DmforgeConfig,
+    registry: Registry,
+    console: Console,
+    announce: Callable[[str, str], None] | None = None,
+) -> FinetuneResult:
+    """Build, preflight, train and merge. `announce(stage, detail)` marks where each stage starts."""
     t = config.train
+    announce = announce or (lambda stage, detail: None)
     # The base is resolved first, so a wrong --base fails before anything is written.
     with console.status(f"loading base model {escape(config.model.base)}…"):
         base = resolve_base(config.model.base)
@@ -123,6 +132,7 @@ def finetune(config: DmforgeConfig, registry: Registry, console: Console) -> Fin
     torch.manual_seed(t.seed)
 
     console.print(f"[bold]run[/] {escape(str(run_dir))}")
+    announce("build", f"validated dataset in {escape(str(run_dir / 'dataset'))}")
     stats, dataset_dir = build_dataset(config.data, registry, out=run_dir / "dataset")
     corpus = json.loads((dataset_dir / "manifest.json").read_text())["corpus_fingerprint"]
     identity = _identity(config, corpus)
@@ -158,7 +168,16 @@ def finetune(config: DmforgeConfig, registry: Registry, console: Console) -> Fin
     pad_id = tokenizer.pad_token_id
 
     preflight = None
-    if t.preflight_steps and not (run_dir / "checkpoints").exists():
+    resuming = (run_dir / "checkpoints").exists()
+    announce(
+        "preflight",
+        "skipped: resuming from the last checkpoint"
+        if resuming
+        else f"timing {t.preflight_steps} real step(s) and checking memory"
+        if t.preflight_steps
+        else "skipped (train.preflight_steps is 0)",
+    )
+    if t.preflight_steps and not resuming:
         with console.status("preflight: timing a few real steps…"):
             preflight = run_preflight(model, train, t, hardware, pad_id)
         console.print(f"[bold]preflight[/] {preflight.summary()}")
@@ -168,6 +187,7 @@ def finetune(config: DmforgeConfig, registry: Registry, console: Console) -> Fin
         from accelerate import Accelerator
 
         accelerator = Accelerator()
+    announce("train", f"LoRA r={t.lora_r} on {len(train)} samples, then merge into the base")
     log_path = run_dir / "logs" / "train.jsonl"
     log_path.parent.mkdir(exist_ok=True)
     with log_path.open("a", encoding="utf-8") as log_file:
