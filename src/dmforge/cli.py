@@ -399,7 +399,10 @@ def pipeline(
     app_dir: Annotated[Path | None, typer.Option("--app", help="Deploy into this React Native app folder.")] = None,
     config_file: ConfigOption = None,
 ) -> None:
-    """Run the whole pipeline (what ./train.sh runs): check → train → export → verify → deploy."""
+    """Run the whole pipeline (what ./train.sh runs), resuming finished stages.
+
+    check → build → preflight → train → evaluate → export → verify → evaluate GGUF → deploy
+    """
     from dmforge.pipeline import run_pipeline
 
     overrides = _train_overrides(base, run_dir, max_steps, max_seq_len)

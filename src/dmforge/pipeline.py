@@ -1,114 +1,333 @@
-"""The one-command pipeline behind `./train.sh`: each stage in order, with a status line per stage.
+"""The one-command pipeline behind `./train.sh`: nine stages, each resumed when already done.
 
-Stages: check the scenarios; fine-tune (which builds the dataset into the run folder, runs the
-preflight, trains and merges); export to GGUF and verify it in llama.cpp; deploy into the app when
-an app folder is given. Evaluation joins this list when it lands.
+    check          the scenarios (errors stop here, with the command that lists them)
+    build          the validated dataset, split by whole scenario
+    preflight      a few real steps, timed, and a memory check before the long run
+    train          LoRA fine-tune (resumes from checkpoints), then merge into the base
+    evaluate       base vs fine-tuned on held-out DM turns
+    export         GGUF through llama.cpp's converter, then the requested quantizations
+    verify         every file loaded in llama.cpp and checked against transformers
+    evaluate GGUF  the shipped file through llama.cpp's chat path, and a playtest
+    deploy         into the app's assets/models with the values for cactus.ts (when an app is given)
+
+The run folder is `runs/<base>`, or the folder in `runs/` that trained on the same scenarios and
+options: running ./train.sh again finds each stage's results there and says "done already".
+Changed scenarios or training options start a new folder, so two runs never mix.
 """
 
 from __future__ import annotations
 
+import errno
+import json
 import time
-from dataclasses import dataclass
+import traceback
+from collections.abc import Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass, field
 from pathlib import Path
 
+import yaml
 from rich.console import Console
 from rich.markup import escape
 
 from dmforge.config import DmforgeConfig
+from dmforge.dataset import corpus_fingerprint
 from dmforge.errors import DmforgeError
+from dmforge.files import write_json, write_text
 from dmforge.scenarios import check_paths
 from dmforge.tools.registry import Registry
 
-STAGES = ("check", "train", "export", "deploy")
+STAGES = ("check", "build", "preflight", "train", "evaluate", "export", "verify", "evaluate GGUF", "deploy")
+# Training options that do not change what a finished run trained, so they never force retraining.
+_NOT_TRAINING = {"threads", "run_dir", "runs_root", "eval_every", "save_every", "preflight_steps"}
 
 
 @dataclass
 class PipelineResult:
     run_dir: Path
-    merged: Path
-    metrics: dict
+    gguf: Path
+    report: dict
+    deployed: dict | None
     seconds: float
-    gguf: Path | None = None
-    deployed: Path | None = None
+    stage_seconds: dict[str, float] = field(default_factory=dict)
 
 
-def _stage(console: Console, index: int, name: str, detail: str) -> None:
-    console.print(f"\n[bold]{index}/{len(STAGES)} {name}[/]  {detail}")
+@dataclass
+class _Progress:
+    """Which stage is running, so a failure deep inside names it, and how long each one took."""
+
+    console: Console
+    current: str = "check"
+    started: float = field(default_factory=time.monotonic)
+    seconds: dict[str, float] = field(default_factory=dict)
+
+    def announce(self, stage: str, detail: str) -> None:
+        now = time.monotonic()
+        self.seconds[self.current] = self.seconds.get(self.current, 0.0) + now - self.started
+        self.current, self.started = stage, now
+        self.console.print(f"\n[bold][{STAGES.index(stage) + 1}/{len(STAGES)}] {stage}[/]  {detail}")
+
+    def done_already(self, what: str) -> None:
+        self.console.print(f"  [cyan]done already[/]: {what}")
+
+    def ok(self, what: str) -> None:
+        self.console.print(f"  [green]ok[/]: {what}")
+
+
+@contextmanager
+def _stage_failures(progress: _Progress, log_dir: Path | None) -> Iterator[None]:
+    """Any failure leaves as one paragraph naming the stage; an unexpected one keeps its traceback in a file."""
+    try:
+        yield
+    except DmforgeError as exc:
+        raise DmforgeError(f"Stage `{progress.current}` failed: {exc}", exc.exit_code) from exc
+    except OSError as exc:
+        if exc.errno != errno.ENOSPC:
+            raise _unexpected(progress.current, exc, log_dir) from exc
+        raise DmforgeError(
+            f"Stage `{progress.current}` failed: the disk is full ({exc.filename or 'while writing'}). A run needs "
+            "about 1 GB for SmolLM2-135M and more for larger bases. Free some space and run ./train.sh again; "
+            "the finished stages are kept."
+        ) from exc
+    except Exception as exc:
+        raise _unexpected(progress.current, exc, log_dir) from exc
+
+
+def _unexpected(stage: str, exc: BaseException, log_dir: Path | None) -> DmforgeError:
+    where = "."
+    if log_dir is not None:
+        log = log_dir / "pipeline-error.txt"
+        write_text(log, "".join(traceback.format_exception(exc)))
+        where = f"; the full traceback is in {log}. Please attach that file to a bug report."
+    return DmforgeError(
+        f"Stage `{stage}` failed unexpectedly with {type(exc).__name__}: {exc}{where} "
+        "Finished stages are kept: run ./train.sh again to resume from this stage."
+    )
+
+
+def _base_name(config: DmforgeConfig) -> str:
+    return Path(config.model.base).name.removesuffix(".gguf").replace("/", "-")
+
+
+def training_identity(config: DmforgeConfig, corpus: str) -> dict:
+    """What a run trained on: the scenarios and the options that change the weights (shared with finetune)."""
+    from dmforge.training.finetune import _identity
+
+    return _identity(config, corpus)
+
+
+def pick_run_dir(config: DmforgeConfig, corpus: str) -> Path:
+    """The configured folder; else the newest run in runs/ with this identity; else runs/<base> (or a fresh one)."""
+    if config.train.run_dir:
+        return config.train.run_dir
+    name, root = _base_name(config), config.train.runs_root
+    identity = training_identity(config, corpus)
+    same = [
+        p
+        for p in root.glob(f"{name}*")
+        if (p / "identity.json").is_file() and json.loads((p / "identity.json").read_text()) == identity
+    ]
+    if same:
+        return max(same, key=lambda p: (p / "identity.json").stat().st_mtime)
+    stable = root / name
+    return stable if not stable.exists() else root / f"{name}-{time.strftime('%Y%m%d-%H%M%S')}"
+
+
+def _newer(path: Path, *than: Path) -> bool:
+    return path.is_file() and all(not t.exists() or path.stat().st_mtime >= t.stat().st_mtime for t in than)
+
+
+def _training_options(config_or_file) -> dict:
+    data = config_or_file if isinstance(config_or_file, dict) else json.loads(config_or_file.model_dump_json())
+    train = {k: v for k, v in (data.get("train") or {}).items() if k not in _NOT_TRAINING}
+    return {"data": data.get("data"), "model": data.get("model"), "train": train}
+
+
+def _trained(run_dir: Path, config: DmforgeConfig) -> bool:
+    """A finished training of exactly these options: merged model, metrics written after the run started."""
+    saved = run_dir / "config.yaml"
+    if not (
+        _newer(run_dir / "metrics.json", run_dir / "identity.json")
+        and (run_dir / "merged" / "config.json").is_file()
+        and (run_dir / "manifest.json").is_file()
+        and saved.is_file()
+    ):
+        return False
+    return _training_options(yaml.safe_load(saved.read_text())) == _training_options(config)
+
+
+def _exported(run_dir: Path, config: DmforgeConfig) -> dict | None:
+    path = run_dir / "gguf" / "export.json"
+    if not _newer(path, run_dir / "metrics.json"):
+        return None
+    export = json.loads(path.read_text())
+    same = export.get("requested") == config.export.quants and export.get("max_size_gb") == config.export.max_size_gb
+    files_there = all(Path(f).is_file() for f in export.get("files", {}).values())
+    return export if export.get("passed") and same and files_there else None
 
 
 def run_pipeline(config: DmforgeConfig, registry: Registry, console: Console) -> PipelineResult:
+    from dmforge.evaluation.run import evaluate_run
+    from dmforge.export.run import export_run
     from dmforge.training.finetune import finetune
 
-    started = time.monotonic()
+    progress = _Progress(console)
     data = config.data
 
-    _stage(console, 1, "check", f"reading scenarios in {escape(str(data.scenarios))}")
-    report = check_paths([data.scenarios], registry, data.max_file_bytes)
-    if report.errors:
+    progress.announce("check", f"reading scenarios in {escape(str(data.scenarios))}")
+    with _stage_failures(progress, None):
+        checked = check_paths([data.scenarios], registry, data.max_file_bytes)
+    if checked.errors:
         raise DmforgeError(
-            f"Stage `check` failed: the scenarios have {report.errors} error(s). "
-            f"Run `dmforge data check {data.scenarios}` to see each one with its fix, then run ./train.sh again."
+            f"Stage `check` failed: the scenarios have {checked.errors} error(s). "
+            f"Run `dmforge data check {data.scenarios}` to see each one with its file, line and fix, "
+            "then run ./train.sh again."
         )
-    console.print(
-        f"  [green]ok[/]: {len(report.scenarios)} scenarios, {report.dm_turns} DM turns, "
-        f"{report.tool_calls} tool calls, {report.warnings} warnings"
+    progress.ok(
+        f"{len(checked.scenarios)} scenarios, {checked.dm_turns} DM turns, {checked.tool_calls} tool calls, "
+        f"{checked.warnings} warnings"
     )
+    run_dir = pick_run_dir(config, corpus_fingerprint(checked.scenarios, data))
+    config.train.run_dir = run_dir
+    logs = run_dir / "logs"
 
-    _stage(console, 2, "train", f"LoRA fine-tune of {escape(config.model.base)}")
-    try:
-        result = finetune(config, registry, console)
-    except DmforgeError as exc:
-        raise DmforgeError(f"Stage `train` failed: {exc}", exc.exit_code) from exc
-    m = result.metrics
-    console.print(
-        f"  [green]ok[/]: {m['steps']} steps; validation loss {_num(m['final_val_loss'])} "
-        f"(best {_num(m['best_val_loss'])} at step {m['best_step']})"
-    )
-
-    from dmforge.export.run import export_run
-
-    _stage(console, 3, "export", f"GGUF {', '.join(config.export.quants)}, verified in llama.cpp")
-    exported = export_run(result.run_dir, config.export.quants, config.export.max_size_gb, console)
-    if not exported.passed:
-        failed = [f"{c['file']} {c['name']}: {c['reason']}" for c in exported.report["checks"] if not c["passed"]]
-        raise DmforgeError("Stage `export` failed verification: " + "; ".join(failed))
-    shipped = exported.files[config.export.quants[0]]
-    for warning in exported.report["warnings"]:
-        console.print(f"  [yellow]warning:[/] {escape(warning)}")
-    console.print(
-        f"  [green]ok[/]: every check passed; {escape(shipped.name)} is {shipped.stat().st_size / 2**20:.0f} MB"
-    )
-
-    deployed = None
-    if config.deploy.app:
-        from dmforge.deploy.app import deploy
-
-        _stage(console, 4, "deploy", f"into {escape(str(config.deploy.app))}")
-        done = deploy(result.run_dir, config.deploy.app, data, config.deploy.quant)
-        deployed = done.model
-        console.print(f"  [green]ok[/]: {escape(str(done.model))}; config in {escape(str(done.config_ts))}")
-        console.print(
-            f"  modelPath: {done.values['modelPath']!r}, n_ctx: {done.values['n_ctx']}, "
-            f"stop: {done.values['stop']!r}, jinja: true"
+    with _stage_failures(progress, logs):
+        if _trained(run_dir, config):
+            metrics = json.loads((run_dir / "metrics.json").read_text())
+            for stage in ("build", "preflight", "train"):
+                progress.announce(stage, f"in {escape(str(run_dir))}")
+                progress.done_already("this run folder trained on the same scenarios and options")
+        else:
+            metrics = finetune(config, registry, console, announce=progress.announce).metrics
+        progress.ok(
+            f"{metrics['steps']} steps; validation loss {_num(metrics['final_val_loss'])} "
+            f"(best {_num(metrics['best_val_loss'])} at step {metrics['best_step']})"
         )
+
+        progress.announce("evaluate", f"base vs fine-tuned on up to {config.eval.max_turns or 'all'} held-out DM turns")
+        report = evaluate_run(
+            run_dir,
+            config,
+            registry,
+            console,
+            max_turns=config.eval.max_turns,
+            models=("base", "fine-tuned"),
+            reuse=True,
+            playtest=False,
+        )
+        if set(report["reused"]) >= {"base", "fine-tuned"}:
+            progress.done_already("both columns were scored on these turns before")
+        progress.ok(_compare(report, "base", "fine-tuned"))
+
+        export = _exported(run_dir, config)
+        if export:
+            progress.announce("export", f"GGUF {', '.join(config.export.quants)}")
+            progress.done_already(f"the files in {escape(str(run_dir / 'gguf'))} come from this model")
+            progress.announce("verify", "every file in llama.cpp")
+            progress.done_already("export.json records every check passed")
+        else:
+            export = export_run(
+                run_dir, config.export.quants, config.export.max_size_gb, console, announce=progress.announce
+            ).report
+            if not export["passed"]:
+                failed = [f"{c['file']} {c['name']}: {c['reason']}" for c in export["checks"] if not c["passed"]]
+                raise DmforgeError(
+                    "a GGUF file failed verification in llama.cpp: " + "; ".join(failed) + f". The files and "
+                    f"the full report are in {run_dir / 'gguf'}; the app would misbehave with them, so nothing "
+                    "was deployed."
+                )
+        shipped = Path(export["files"][config.export.quants[0]])
+        for warning in export["warnings"]:
+            console.print(f"  [yellow]warning:[/] {escape(warning)}")
+        progress.ok(f"every check passed; {escape(shipped.name)} is {shipped.stat().st_size / 2**20:.0f} MB")
+
+        progress.announce("evaluate GGUF", f"{escape(shipped.name)} through llama.cpp's chat path, and a playtest")
+        report = evaluate_run(run_dir, config, registry, console, max_turns=config.eval.max_turns, reuse=True)
+        if "gguf" in report["reused"] and report.get("playtest", {}).get("reused"):
+            progress.done_already("the GGUF column and the playtest are up to date")
+        progress.ok(f"{_compare(report, 'fine-tuned', 'gguf')}; report in {escape(str(run_dir / 'eval'))}")
+
+        deployed = None
+        if config.deploy.app:
+            from dmforge.deploy.app import deploy
+
+            progress.announce("deploy", f"into {escape(str(config.deploy.app))}")
+            done = deploy(run_dir, config.deploy.app, data, config.deploy.quant)
+            deployed = done.values | {"path": str(done.model), "config_ts": str(done.config_ts)}
+            progress.ok(f"{escape(str(done.model))}; config in {escape(str(done.config_ts))}")
+        else:
+            progress.announce("deploy", "skipped: no app folder given (--app PATH, or deploy.app in the config)")
+        progress.seconds[progress.current] = time.monotonic() - progress.started
+
+    seconds = sum(progress.seconds.values())
+    result = PipelineResult(run_dir, shipped, report, deployed, seconds, progress.seconds)
+    write_json(
+        run_dir / "pipeline.json",
+        {
+            "run_dir": str(run_dir),
+            "gguf": str(shipped),
+            "deployed": deployed,
+            "seconds": round(seconds, 1),
+            "stage_seconds": {k: round(v, 1) for k, v in progress.seconds.items()},
+            "metrics": report["models"],
+        },
+    )
+    console.print(summary(result))
+    return result
+
+
+def _compare(report: dict, before: str, after: str) -> str:
+    models = report["models"]
+    if before not in models or after not in models:
+        return f"{report['turns']} turns scored"
+    parts = []
+    for key, label in (("call_f1", "call F1"), ("exact_call_match", "exact call match")):
+        parts.append(f"{label} {_num(models[before].get(key), 2)} → {_num(models[after].get(key), 2)}")
+    return f"{report['turns']} turns; {after} vs {before}: " + ", ".join(parts)
+
+
+HEADLINE = (
+    ("call_decision_accuracy", "call decision accuracy"),
+    ("call_recall", "call recall"),
+    ("call_f1", "call F1"),
+    ("exact_call_match", "exact call match"),
+    ("call_validity", "call validity"),
+    ("in_character_rate", "in-character rate"),
+    ("perplexity", "perplexity (gold DM turns)"),
+)
+
+
+def summary(result: PipelineResult) -> str:
+    """The closing block of ./train.sh: where everything is, the headline metrics, the app's values."""
+    report, run_dir = result.report, result.run_dir
+    models = report["models"]
+    eval_dir = run_dir / "eval"
+    lines = [
+        f"\n[bold green]Done in {result.seconds / 60:.1f} min[/] ("
+        + ", ".join(f"{name} {s / 60:.1f} min" for name, s in result.stage_seconds.items() if s >= 30)
+        + ").",
+        f"  run folder      {escape(str(run_dir))}",
+        f"  model (GGUF)    {escape(str(result.gguf))}",
+        f"  loss curve      {escape(str(run_dir / 'loss.png'))}",
+        f"  evaluation      {escape(str(eval_dir / 'report.html'))} (also report.md, report.json)",
+        f"  playtest        {escape(str(eval_dir / 'playtest.md'))}",
+    ]
+    if result.deployed:
+        d = result.deployed
+        lines += [
+            f"  in the app      {escape(d['path'])}",
+            f"  cactus.ts       {escape(d['config_ts'])}",
+            f"  modelPath       {escape(repr(d['modelPath']))}   n_ctx {d['n_ctx']}   stop {escape(repr(d['stop']))}",
+        ]
     else:
-        _stage(console, 4, "deploy", "skipped: no app folder given (--app PATH or deploy.app in the config)")
-
-    seconds = time.monotonic() - started
-    console.print(
-        f"\n[bold green]Done in {seconds / 60:.1f} min.[/]\n"
-        f"  run folder:   {escape(str(result.run_dir))}\n"
-        f"  model (GGUF): {escape(str(shipped))}\n"
-        f"  loss curve:   {escape(str(result.run_dir / 'loss.png'))}\n"
-        + (
-            f"  in the app:   {escape(str(deployed))}\n"
-            if deployed
-            else f"  To put it in the app: dmforge deploy --app PATH {escape(str(result.run_dir))}\n"
-        )
-        + "Evaluation of tool calls and narration is the next stage and is not part of this release yet."
-    )
-    return PipelineResult(result.run_dir, result.merged, m, seconds, shipped, deployed)
+        lines.append("  not deployed    add --app PATH (the app's root folder) to copy it into assets/models")
+    names = list(models)
+    lines.append(f"\nHeadline metrics on {report['turns']} held-out DM turns (greedy):")
+    lines.append("  " + f"{'':<28}" + "".join(f"{n:>12}" for n in names))
+    for key, label in HEADLINE:
+        lines.append("  " + f"{label:<28}" + "".join(f"{_num(models[n].get(key), 3):>12}" for n in names))
+    return "\n".join(lines)
 
 
-def _num(value) -> str:
-    return "-" if value is None else f"{value:.4f}"
+def _num(value, digits: int = 4) -> str:
+    return "-" if value is None else f"{value:.{digits}f}"
