@@ -193,3 +193,16 @@ def test_train_sh_stops_at_check_with_the_command_that_lists_the_errors(tmp_path
     assert "Stage `check` failed" in result.stderr and f"dmforge data check {scenarios}" in result.stderr
     assert "Traceback" not in result.stderr
     assert not (tmp_path / "runs").exists(), "nothing is written before the scenarios are valid"
+
+
+def test_train_sh_quant_option_is_validated_before_anything_runs(tmp_path: Path):
+    result = subprocess.run(
+        [sys.executable, "-m", "dmforge", "pipeline", "--quant", "q3_k_xl"],
+        cwd=tmp_path,
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert result.returncode == 1
+    assert "export.quants" in result.stderr and "'Q8_0'" in result.stderr and "Traceback" not in result.stderr
+    assert "[1/9] check" not in result.stdout

@@ -103,7 +103,8 @@ def test_train_sh_runs_nine_stages_the_model_learns_and_a_rerun_resumes(tmp_path
             assert key in metrics, key
     # What fine-tuning is for: the DM asks for the rolls the gold asks for, and the gold text is likelier.
     assert tuned["call_recall"] > base["call_recall"], (base, tuned)
-    assert tuned["call_decision_accuracy"] >= base["call_decision_accuracy"], (base, tuned)
+    # Not call decision accuracy: the base never calls, which is right on every quiet turn; F1 weighs both.
+    assert tuned["call_f1"] > base["call_f1"], (base, tuned)
     assert tuned["perplexity"] < base["perplexity"], (base, tuned)
     details = [json.loads(line) for line in (run / "eval" / "details.jsonl").read_text().splitlines()]
     assert len(details) == 3 * 8 and {"prompt", "gold", "prediction", "verdict"} <= set(details[0])

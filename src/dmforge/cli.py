@@ -397,6 +397,9 @@ def pipeline(
     max_steps: MaxStepsOption = None,
     max_seq_len: MaxSeqOption = None,
     app_dir: Annotated[Path | None, typer.Option("--app", help="Deploy into this React Native app folder.")] = None,
+    quant: Annotated[
+        str | None, typer.Option("--quant", help="The GGUF quantization to ship (default Q4_K_M; Q8_0 for tiny bases).")
+    ] = None,
     config_file: ConfigOption = None,
 ) -> None:
     """Run the whole pipeline (what ./train.sh runs), resuming finished stages.
@@ -408,6 +411,8 @@ def pipeline(
     overrides = _train_overrides(base, run_dir, max_steps, max_seq_len)
     overrides["data"] = {"scenarios": scenarios}
     overrides["deploy"] = {"app": app_dir}
+    if quant:
+        overrides["export"] = {"quants": [quant.upper()]}
     config = load_config(config_file, overrides)
     run_pipeline(config, _registry(config), console)
 

@@ -65,13 +65,13 @@ class _Progress:
         now = time.monotonic()
         self.seconds[self.current] = self.seconds.get(self.current, 0.0) + now - self.started
         self.current, self.started = stage, now
-        self.console.print(f"\n[bold][{STAGES.index(stage) + 1}/{len(STAGES)}] {stage}[/]  {detail}")
+        self.console.print(f"\n[bold][{STAGES.index(stage) + 1}/{len(STAGES)}] {stage}[/]  {detail}", soft_wrap=True)
 
     def done_already(self, what: str) -> None:
-        self.console.print(f"  [cyan]done already[/]: {what}")
+        self.console.print(f"  [cyan]done already[/]: {what}", soft_wrap=True)
 
     def ok(self, what: str) -> None:
-        self.console.print(f"  [green]ok[/]: {what}")
+        self.console.print(f"  [green]ok[/]: {what}", soft_wrap=True)
 
 
 @contextmanager
@@ -238,7 +238,7 @@ def run_pipeline(config: DmforgeConfig, registry: Registry, console: Console) ->
                 )
         shipped = Path(export["files"][config.export.quants[0]])
         for warning in export["warnings"]:
-            console.print(f"  [yellow]warning:[/] {escape(warning)}")
+            console.print(f"  [yellow]warning:[/] {escape(warning)}", soft_wrap=True)
         progress.ok(f"every check passed; {escape(shipped.name)} is {shipped.stat().st_size / 2**20:.0f} MB")
 
         progress.announce("evaluate GGUF", f"{escape(shipped.name)} through llama.cpp's chat path, and a playtest")
@@ -272,7 +272,7 @@ def run_pipeline(config: DmforgeConfig, registry: Registry, console: Console) ->
             "metrics": report["models"],
         },
     )
-    console.print(summary(result))
+    console.print(summary(result), soft_wrap=True)
     return result
 
 
@@ -302,10 +302,9 @@ def summary(result: PipelineResult) -> str:
     report, run_dir = result.report, result.run_dir
     models = report["models"]
     eval_dir = run_dir / "eval"
+    long_stages = ", ".join(f"{name} {s / 60:.1f} min" for name, s in result.stage_seconds.items() if s >= 30)
     lines = [
-        f"\n[bold green]Done in {result.seconds / 60:.1f} min[/] ("
-        + ", ".join(f"{name} {s / 60:.1f} min" for name, s in result.stage_seconds.items() if s >= 30)
-        + ").",
+        f"\n[bold green]Done in {result.seconds / 60:.1f} min[/]" + (f" ({long_stages})." if long_stages else "."),
         f"  run folder      {escape(str(run_dir))}",
         f"  model (GGUF)    {escape(str(result.gguf))}",
         f"  loss curve      {escape(str(run_dir / 'loss.png'))}",
