@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import json
 import sys
+import warnings
 from pathlib import Path
 from typing import Annotated
 
@@ -419,6 +420,12 @@ def pipeline(
 
 def main() -> None:
     """Entry point: run the app and turn every expected failure into one readable paragraph."""
+    # transformers draws a bar for every model load and peft prints a deprecation notice per run: noise
+    # between dmforge's own progress bars. Hub downloads turn bars back on (models/resolve.py).
+    from huggingface_hub.utils import disable_progress_bars
+
+    disable_progress_bars()
+    warnings.filterwarnings("ignore", message=".*is_gradient_checkpointing.*", category=FutureWarning)
     try:
         # Without standalone mode Click returns the code given to `typer.Exit` instead of exiting.
         code = app(standalone_mode=False)

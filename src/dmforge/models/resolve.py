@@ -104,6 +104,9 @@ def _pypi_gguf(preset: Preset) -> Path:
 def _hub_snapshot(repo: str) -> Path:
     try:
         from huggingface_hub import snapshot_download
+        from huggingface_hub.utils import enable_progress_bars
+
+        enable_progress_bars()  # a download is long work: show its bar (the CLI hides model-loading bars)
 
         return Path(snapshot_download(repo, allow_patterns=["*.json", "*.safetensors", "*.jinja", "*.model", "*.txt"]))
     except Exception as exc:
