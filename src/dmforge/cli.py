@@ -32,7 +32,7 @@ app = typer.Typer(
 data_app = typer.Typer(help="Check scenarios and build the training dataset.", no_args_is_help=True)
 app.add_typer(data_app, name="data")
 
-console = Console()
+console = Console(soft_wrap=True)  # paths and status lines stay whole in logs and CI output
 err_console = Console(stderr=True)
 
 ConfigOption = Annotated[
