@@ -42,6 +42,8 @@ def test_train_sh_runs_nine_stages_the_model_learns_and_a_rerun_resumes(tmp_path
     for i, stage in enumerate(STAGES, 1):
         assert f"[{i}/9] {stage}" in output, stage
     assert "done already" not in output
+    assert "llama_tensor_get_type" not in output, "llama.cpp's per-tensor quantizer chatter goes to a log file"
+    assert "fallback quantization" in (run / "gguf" / "dungeon-master-q4_k_m.quantize.log").read_text()
     assert "modelPath       'assets/models/dungeon-master.gguf'" in output
 
     m = json.loads((run / "metrics.json").read_text())
