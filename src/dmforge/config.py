@@ -101,7 +101,11 @@ class TrainConfig(_Section):
     """LoRA fine-tuning. The defaults train SmolLM2-135M on the sample corpus in minutes on a laptop CPU."""
 
     runs_root: Path = Field(Path("runs"), description="Where run folders are created.")
-    run_dir: Path | None = Field(None, description="This run's folder; default runs/<time>-<base>.")
+    run_dir: Path | None = Field(
+        None,
+        description="This run's folder. ./train.sh defaults to runs/<base> (or the run in runs/ that trained on the "
+        "same scenarios and options); `dmforge finetune` to a fresh runs/<time>-<base>.",
+    )
     epochs: float = Field(2.0, gt=0, description="Passes over the training set (ignored when max_steps is set).")
     max_steps: int | None = Field(None, gt=0, description="Stop after this many optimizer steps.")
     max_seq_len: int = Field(1024, ge=64, description="Longest training sequence, in tokens; the app's n_ctx.")
