@@ -206,3 +206,22 @@ def test_train_sh_quant_option_is_validated_before_anything_runs(tmp_path: Path)
     assert result.returncode == 1
     assert "export.quants" in result.stderr and "'Q8_0'" in result.stderr and "Traceback" not in result.stderr
     assert "[1/9] check" not in result.stdout
+
+
+def test_an_evaluation_column_is_reused_only_for_the_same_turns_of_an_unchanged_model(tmp_path: Path):
+    from dmforge.evaluation.run import _cached_column
+
+    key = {"source": "the validation split", "turns": [["goblin-ambush", 3], ["the-fine-print", 1]]}
+    model = tmp_path / "metrics.json"
+    model.write_text("{}")
+    column = tmp_path / "eval" / "models" / "fine-tuned.json"
+    write_json(column, {"key": key, "metrics": {"call_f1": 0.4}, "details": []})
+    later = model.stat().st_mtime + 5
+    os.utime(column, (later, later))
+
+    assert _cached_column(column, key, model)["metrics"] == {"call_f1": 0.4}
+    assert _cached_column(column, key | {"turns": key["turns"][:1]}, model) is None, "other turns"
+    assert _cached_column(column, key | {"source": "held-out/"}, model) is None, "another scenario folder"
+    os.utime(model, (later + 5, later + 5))  # retrained after the column was scored
+    assert _cached_column(column, key, model) is None
+    assert _cached_column(tmp_path / "missing.json", key, model) is None
