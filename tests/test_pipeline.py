@@ -30,8 +30,8 @@ from dmforge.pipeline import (
     _trained,
     pick_run_dir,
     summary,
-    training_identity,
 )
+from dmforge.training.finetune import run_identity
 
 
 def _config(tmp_path: Path, **train) -> DmforgeConfig:
@@ -41,7 +41,7 @@ def _config(tmp_path: Path, **train) -> DmforgeConfig:
 def _finished_run(run: Path, config: DmforgeConfig, corpus: str = "corpus-a") -> None:
     """The files finetune leaves behind, in the order it writes them."""
     (run / "merged").mkdir(parents=True)
-    write_json(run / "identity.json", training_identity(config, corpus))
+    write_json(run / "identity.json", run_identity(config, corpus))
     (run / "config.yaml").write_text(yaml.safe_dump(json.loads(config.model_dump_json())))
     (run / "merged" / "config.json").write_text("{}")
     write_json(run / "manifest.json", {})
@@ -81,14 +81,14 @@ def test_training_counts_as_done_only_when_finished_with_the_same_options(tmp_pa
     config = _config(tmp_path, max_steps=30)
     run = tmp_path / "run"
     _finished_run(run, config)
-    assert _trained(run, config)
-    assert _trained(run, _config(tmp_path, max_steps=30, threads=2)), "threads do not change the weights"
-    assert not _trained(run, _config(tmp_path, max_steps=60)), "more steps continue the run"
+    assert _trained(run, config, "corpus-a")
+    assert _trained(run, _config(tmp_path, max_steps=30, threads=2), "corpus-a"), "threads do not change the weights"
+    assert not _trained(run, _config(tmp_path, max_steps=60), "corpus-a"), "more steps continue the run"
 
     # A restart that crashed: identity.json rewritten after the last metrics.json.
     later = (run / "metrics.json").stat().st_mtime + 5
     os.utime(run / "identity.json", (later, later))
-    assert not _trained(run, config)
+    assert not _trained(run, config, "corpus-a")
 
 
 def test_a_merged_model_missing_means_training_is_not_done(tmp_path: Path):
@@ -96,7 +96,7 @@ def test_a_merged_model_missing_means_training_is_not_done(tmp_path: Path):
     run = tmp_path / "run"
     _finished_run(run, config)
     (run / "merged" / "config.json").unlink()
-    assert not _trained(run, config)
+    assert not _trained(run, config, "corpus-a")
 
 
 def test_an_export_is_reused_only_when_it_passed_for_the_same_request_and_its_files_exist(tmp_path: Path):

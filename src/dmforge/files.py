@@ -52,6 +52,11 @@ def write_text(path: Path, text: str) -> None:
         raise _explain_os_error(exc, path) from exc
 
 
+def newer_than(path: Path, *sources: Path) -> bool:
+    """`path` exists and was written after every source that exists: a stage's result is still current."""
+    return path.is_file() and all(not s.exists() or path.stat().st_mtime >= s.stat().st_mtime for s in sources)
+
+
 def write_json(path: Path, data: object) -> None:
     write_text(path, json.dumps(data, indent=2, ensure_ascii=False, default=str) + "\n")
 

@@ -33,13 +33,14 @@ from rich.markup import escape
 from dmforge.config import DmforgeConfig
 from dmforge.dataset import corpus_fingerprint
 from dmforge.errors import DmforgeError
-from dmforge.files import write_json, write_text
+from dmforge.files import newer_than, write_json, write_text
 from dmforge.scenarios import check_paths
 from dmforge.tools.registry import Registry
 
 STAGES = ("check", "build", "preflight", "train", "evaluate", "export", "verify", "evaluate GGUF", "deploy")
-# Training options that do not change what a finished run trained, so they never force retraining.
-_NOT_TRAINING = {"threads", "run_dir", "runs_root", "eval_every", "save_every", "preflight_steps"}
+# Options a run may resume under (so they are not part of its identity) that still decide how far it
+# trains: a finished run asked for more steps or epochs trains on from its checkpoint.
+_RUN_LENGTH = ("max_steps", "epochs", "early_stopping_patience")
 
 
 @dataclass
@@ -62,10 +63,15 @@ class _Progress:
     seconds: dict[str, float] = field(default_factory=dict)
 
     def announce(self, stage: str, detail: str) -> None:
+        self.finish()
+        self.current = stage
+        self.console.print(f"\n[bold][{STAGES.index(stage) + 1}/{len(STAGES)}] {stage}[/]  {detail}", soft_wrap=True)
+
+    def finish(self) -> None:
+        """Add the time since the current stage started (or was last timed) to its total."""
         now = time.monotonic()
         self.seconds[self.current] = self.seconds.get(self.current, 0.0) + now - self.started
-        self.current, self.started = stage, now
-        self.console.print(f"\n[bold][{STAGES.index(stage) + 1}/{len(STAGES)}] {stage}[/]  {detail}", soft_wrap=True)
+        self.started = now
 
     def done_already(self, what: str) -> None:
         self.console.print(f"  [cyan]done already[/]: {what}", soft_wrap=True)
@@ -105,23 +111,14 @@ def _unexpected(stage: str, exc: BaseException, log_dir: Path | None) -> Dmforge
     )
 
 
-def _base_name(config: DmforgeConfig) -> str:
-    return Path(config.model.base).name.removesuffix(".gguf").replace("/", "-")
-
-
-def training_identity(config: DmforgeConfig, corpus: str) -> dict:
-    """What a run trained on: the scenarios and the options that change the weights (shared with finetune)."""
-    from dmforge.training.finetune import _identity
-
-    return _identity(config, corpus)
-
-
 def pick_run_dir(config: DmforgeConfig, corpus: str) -> Path:
     """The configured folder; else the newest run in runs/ with this identity; else runs/<base> (or a fresh one)."""
+    from dmforge.training.finetune import base_name, run_identity
+
     if config.train.run_dir:
         return config.train.run_dir
-    name, root = _base_name(config), config.train.runs_root
-    identity = training_identity(config, corpus)
+    name, root = base_name(config), config.train.runs_root
+    identity = run_identity(config, corpus)
     same = [
         p
         for p in root.glob(f"{name}*")
@@ -133,32 +130,27 @@ def pick_run_dir(config: DmforgeConfig, corpus: str) -> Path:
     return stable if not stable.exists() else root / f"{name}-{time.strftime('%Y%m%d-%H%M%S')}"
 
 
-def _newer(path: Path, *than: Path) -> bool:
-    return path.is_file() and all(not t.exists() or path.stat().st_mtime >= t.stat().st_mtime for t in than)
+def _trained(run_dir: Path, config: DmforgeConfig, corpus: str) -> bool:
+    """A finished training of these scenarios and options: merged model, metrics written after the run started."""
+    from dmforge.training.finetune import run_identity
 
-
-def _training_options(config_or_file) -> dict:
-    data = config_or_file if isinstance(config_or_file, dict) else json.loads(config_or_file.model_dump_json())
-    train = {k: v for k, v in (data.get("train") or {}).items() if k not in _NOT_TRAINING}
-    return {"data": data.get("data"), "model": data.get("model"), "train": train}
-
-
-def _trained(run_dir: Path, config: DmforgeConfig) -> bool:
-    """A finished training of exactly these options: merged model, metrics written after the run started."""
     saved = run_dir / "config.yaml"
     if not (
-        _newer(run_dir / "metrics.json", run_dir / "identity.json")
+        newer_than(run_dir / "metrics.json", run_dir / "identity.json")
         and (run_dir / "merged" / "config.json").is_file()
         and (run_dir / "manifest.json").is_file()
         and saved.is_file()
     ):
         return False
-    return _training_options(yaml.safe_load(saved.read_text())) == _training_options(config)
+    if json.loads((run_dir / "identity.json").read_text()) != run_identity(config, corpus):
+        return False
+    trained_for = yaml.safe_load(saved.read_text())["train"]
+    return all(trained_for.get(key) == getattr(config.train, key) for key in _RUN_LENGTH)
 
 
 def _exported(run_dir: Path, config: DmforgeConfig) -> dict | None:
     path = run_dir / "gguf" / "export.json"
-    if not _newer(path, run_dir / "metrics.json"):
+    if not newer_than(path, run_dir / "metrics.json"):
         return None
     export = json.loads(path.read_text())
     same = export.get("requested") == config.export.quants and export.get("max_size_gb") == config.export.max_size_gb
@@ -187,12 +179,13 @@ def run_pipeline(config: DmforgeConfig, registry: Registry, console: Console) ->
         f"{len(checked.scenarios)} scenarios, {checked.dm_turns} DM turns, {checked.tool_calls} tool calls, "
         f"{checked.warnings} warnings"
     )
-    run_dir = pick_run_dir(config, corpus_fingerprint(checked.scenarios, data))
+    corpus = corpus_fingerprint(checked.scenarios, data)
+    run_dir = pick_run_dir(config, corpus)
     config.train.run_dir = run_dir
     logs = run_dir / "logs"
 
     with _stage_failures(progress, logs):
-        if _trained(run_dir, config):
+        if _trained(run_dir, config, corpus):
             metrics = json.loads((run_dir / "metrics.json").read_text())
             for stage in ("build", "preflight", "train"):
                 progress.announce(stage, f"in {escape(str(run_dir))}")
@@ -257,7 +250,7 @@ def run_pipeline(config: DmforgeConfig, registry: Registry, console: Console) ->
             progress.ok(f"{escape(str(done.model))}; config in {escape(str(done.config_ts))}")
         else:
             progress.announce("deploy", "skipped: no app folder given (--app PATH, or deploy.app in the config)")
-        progress.seconds[progress.current] = time.monotonic() - progress.started
+        progress.finish()
 
     seconds = sum(progress.seconds.values())
     result = PipelineResult(run_dir, shipped, report, deployed, seconds, progress.seconds)

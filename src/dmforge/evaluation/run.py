@@ -19,7 +19,7 @@ from dmforge.evaluation import playtest as play
 from dmforge.evaluation.generate import EvalTurn, GGUFModel, HFModel, perplexity, reply_budget
 from dmforge.evaluation.metrics import aggregate, score_turn
 from dmforge.evaluation.report import write_reports
-from dmforge.files import write_json, write_text
+from dmforge.files import newer_than, write_json, write_text
 from dmforge.scenarios import check_paths
 from dmforge.scenarios.model import Header
 from dmforge.tools.registry import Registry
@@ -77,13 +77,9 @@ def _model_source(run_dir: Path, name: str) -> Path:
     )
 
 
-def _newer(path: Path, source: Path) -> bool:
-    return path.is_file() and (not source.is_file() or path.stat().st_mtime >= source.stat().st_mtime)
-
-
 def _cached_column(path: Path, key: dict, source: Path) -> dict | None:
     """A model's column from an earlier evaluation, when it scored the same turns of the same model."""
-    if not _newer(path, source):
+    if not newer_than(path, source):
         return None
     column = json.loads(path.read_text())
     return column if column.get("key") == key else None
@@ -219,14 +215,14 @@ def evaluate_run(
         label = names[-1]
         saved = out / "playtest.json"
         played = json.loads(saved.read_text()) if reuse and label in reused and saved.is_file() else None
-        if played is None or played.get("model") != label or not _newer(saved, _model_source(run_dir, label)):
+        if played is None or played.get("model") != label or not newer_than(saved, _model_source(run_dir, label)):
             header = Header(
                 title="Playtest",
                 world=play.SETTING["world"],
                 location=play.SETTING["location"],
                 party=play.SETTING["party"],
             )
-            model = last_model if label not in reused and last_model is not None else loaders[label]()
+            model = loaders[label]() if label in reused else last_model  # scored just above otherwise
             played = play.playtest(model, compose_system_prompt(config.data, header, None), registry)
             played["model"] = label
             write_json(saved, played)

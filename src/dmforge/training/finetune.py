@@ -66,14 +66,18 @@ class FinetuneResult:
     metrics: dict
 
 
+def base_name(config: DmforgeConfig) -> str:
+    """The base as a folder name: `smollm2-135m`, `Qwen-Qwen3-0.6B`, `model` for `model.gguf`."""
+    return Path(config.model.base).name.removesuffix(".gguf").replace("/", "-")
+
+
 def default_run_dir(config: DmforgeConfig) -> Path:
     if config.train.run_dir:
         return config.train.run_dir
-    name = Path(config.model.base).name.removesuffix(".gguf").replace("/", "-")
-    return config.train.runs_root / f"{time.strftime('%Y%m%d-%H%M%S')}-{name}"
+    return config.train.runs_root / f"{time.strftime('%Y%m%d-%H%M%S')}-{base_name(config)}"
 
 
-def _identity(config: DmforgeConfig, corpus: str) -> dict:
+def run_identity(config: DmforgeConfig, corpus: str) -> dict:
     """What a run trains on. Export, evaluation and deploy options are left out: they never change the weights."""
     data = json.loads(config.model_dump_json(include={"data", "model", "train"}))
     data["train"] = {k: v for k, v in data["train"].items() if k not in RESUMABLE_KEYS}
@@ -135,7 +139,7 @@ def finetune(
     announce("build", f"validated dataset in {escape(str(run_dir / 'dataset'))}")
     stats, dataset_dir = build_dataset(config.data, registry, out=run_dir / "dataset")
     corpus = json.loads((dataset_dir / "manifest.json").read_text())["corpus_fingerprint"]
-    identity = _identity(config, corpus)
+    identity = run_identity(config, corpus)
     _check_resumable(run_dir, identity)
     write_json(run_dir / "identity.json", identity)
     write_text(run_dir / "config.yaml", yaml.safe_dump(json.loads(config.model_dump_json()), sort_keys=False))
