@@ -10,7 +10,14 @@ from dmforge.tools.registry import load_registry
 
 ROOT = Path(__file__).resolve().parents[1]
 # How SmolLM2's template renders dmforge conversations, as finetune records it in a run's manifest.
-SMOLLM2_CHAT_FORMAT = {"tool_role": True, "tool_prefix": "", "end_of_turn": "<|im_end|>", "prefix_stable": True}
+SMOLLM2_CHAT_FORMAT = {
+    "tool_role": True,
+    "tool_prefix": "",
+    "end_of_turn": "<|im_end|>",
+    "prefix_stable": True,
+    "framing": {"system": 5, "user": 5, "assistant": 6, "tool": 5},
+    "reply_header": 4,
+}
 CORPUS = ROOT / "data" / "scenarios"
 
 VALID = textwrap.dedent(

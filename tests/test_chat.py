@@ -60,21 +60,95 @@ def test_mask_covers_exactly_the_dm_turns(smollm2_tokenizer, corpus_conversation
                 assert m["content"] in untrained
 
 
-def test_long_conversations_split_between_exchanges_without_losing_a_turn(smollm2_tokenizer, corpus_conversations):
+def _long_conversation(corpus_conversations, tok, fmt):
+    """The corpus conversation with the most tokens: it outgrows a 512-token context many times over."""
+    from dmforge.training.chat import message_costs
+
+    return max(corpus_conversations, key=lambda c: sum(message_costs(tok, fmt, c["messages"])))
+
+
+def test_every_dm_turn_is_trained_once_after_the_window_the_app_sends(smollm2_tokenizer, corpus_conversations):
+    from dmforge.dataset.window import window_start
+    from dmforge.training.chat import message_costs, prompt_budget
+
     tok = smollm2_tokenizer
     fmt = detect_chat_format(tok)
-    whole = build_samples(tok, fmt, corpus_conversations, 4096)
-    split = build_samples(tok, fmt, corpus_conversations, 1024)
-    assert len(split) > len(whole)
-    assert all(len(s.input_ids) <= 1024 for s in split)
-    assert sum(len(s.dm_spans) for s in split) == sum(len(s.dm_spans) for s in whole)
-    assert sum(s.trained_tokens for s in split) == sum(s.trained_tokens for s in whole)
+    conversation = _long_conversation(corpus_conversations, tok, fmt)
+    messages = template_messages(conversation["messages"], fmt)
+    samples = conversation_samples(tok, fmt, conversation, max_seq_len=512, reply_tokens=96)
+    assert len(samples) > 3 and all(s.windowed for s in samples[1:]) and all(len(s.input_ids) <= 512 for s in samples)
+
+    # Each sample's trained turns, in order, are every DM turn of the conversation exactly once.
+    trained = [tok.decode(s.input_ids[a:b]) for s in samples for a, b in s.dm_spans]
+    assert trained == [m["content"] + "<|im_end|>" for m in messages if m["role"] == "assistant"]
+
+    # And each turn's prompt is the app's window at that point, rendered and tokenized as the app does.
+    costs = message_costs(tok, fmt, messages)
+    roles = [m["role"] for m in conversation["messages"]]
+    budget = prompt_budget(fmt, 512, 96)
+    turns = iter(i for i, m in enumerate(messages) if m["role"] == "assistant")
+    for sample in samples:
+        for prompt_len in sample.prompt_lengths:
+            i = next(turns)
+            room = min(budget, 512 - costs[i])
+            window = [messages[0], *messages[window_start(roles[:i], costs[:i], room) : i]]
+            expected = tok.apply_chat_template(window, add_generation_prompt=True, tokenize=True, return_dict=False)
+            assert sample.input_ids[:prompt_len] == expected
 
 
-def test_a_dm_turn_that_cannot_fit_is_an_error_not_a_truncation(smollm2_tokenizer, corpus_conversations):
+def test_no_window_separates_a_call_from_its_result(smollm2_tokenizer, corpus_conversations):
+    from dmforge.training.chat import dm_turn_windows
+
+    tok = smollm2_tokenizer
+    fmt = detect_chat_format(tok)
+    starts = 0
+    for conversation in corpus_conversations:
+        roles = [m["role"] for m in conversation["messages"]]
+        for turn, start in dm_turn_windows(tok, fmt, conversation, 512, 96):
+            starts += start > 1
+            # A window never opens on a tool message: its DM turn (the calls) is always kept with it.
+            assert roles[start] != "tool" and 1 <= start <= turn
+    assert starts > 100, "the 512-token context windows many turns of the sample corpus"
+
+
+def test_the_whole_sample_corpus_trains_at_512_tokens_and_windows_are_counted(
+    smollm2_tokenizer, corpus_conversations
+):
+    tok = smollm2_tokenizer
+    fmt = detect_chat_format(tok)
+    whole = build_samples(tok, fmt, corpus_conversations, 4096, 192)
+    windowed = build_samples(tok, fmt, corpus_conversations, 512, 192)
+    assert not any(s.windowed for s in whole) and sum(s.windowed for s in windowed) > 100
+    assert sum(len(s.dm_spans) for s in windowed) == sum(len(s.dm_spans) for s in whole)
+    assert sum(s.trained_tokens for s in windowed) == sum(s.trained_tokens for s in whole)
+
+
+def test_only_an_exchange_that_cannot_fit_is_refused(smollm2_tokenizer, corpus_conversations):
     fmt = detect_chat_format(smollm2_tokenizer)
-    with pytest.raises(DmforgeError, match=r"more than max_seq_len=128.*No DM turn is ever truncated"):
+    with pytest.raises(DmforgeError, match=r"more than the context of 128 tokens.*No turn is ever cut"):
         build_samples(smollm2_tokenizer, fmt, corpus_conversations[:3], 128)
+
+
+def test_call_tokens_and_quiet_turn_ends_are_marked(smollm2_tokenizer):
+    tok = smollm2_tokenizer
+    fmt = detect_chat_format(tok)
+    conversation = {
+        "id": "x",
+        "messages": [
+            {"role": "system", "content": "S"},
+            {"role": "user", "content": "Ana: I sneak past the guard."},
+            {"role": "assistant", "content": "Make a Dexterity (Stealth) check.\n[roll: stealth, dc=12]"},
+            {"role": "tool", "content": "[roll: stealth, dc=12] => 15, success"},
+            {"role": "assistant", "content": "Fifteen: you slip by unseen."},
+        ],
+    }
+    (sample,) = conversation_samples(tok, fmt, conversation, 512)
+    (call,) = sample.calls
+    assert tok.decode(sample.input_ids[call.start : call.end]) == "\n[roll: stealth, dc=12]"
+    assert tok.decode(sample.input_ids[call.start : call.intent_end]) == "\n[roll: stealth"
+    (quiet,) = sample.quiet_ends
+    assert tok.decode([sample.input_ids[quiet]]) == "<|im_end|>" and quiet == sample.dm_spans[1][1] - 1
+    assert sample.decision_positions == [call.start, quiet]
 
 
 def test_a_conversation_without_dm_turns_has_nothing_to_learn(smollm2_tokenizer):

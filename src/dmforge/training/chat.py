@@ -9,9 +9,15 @@ learns to stop. Everything else (system, players, tool results, the template's r
 is context only. The spans come from rendering prefixes of the conversation: the text up to a
 DM turn with `add_generation_prompt=True` is exactly the prompt the app sends before that turn.
 
-A conversation longer than `max_seq_len` is split between exchanges (a User turn and the DM
-turns and tool results that answer it), each piece keeping the system message. A DM turn is
-never cut: if one exchange cannot fit, that is an error naming the scenario.
+Context: each DM turn is trained once, after exactly the history the app sends at that point,
+which is the context window of `dataset/window.py` (the system message and the newest whole
+turns that leave `reply_tokens` free in `max_seq_len`; the newest turn always). While a conversation fits, that is the
+whole history and one sample trains all its DM turns; once it outgrows the context, DM turns
+that see the same window share a sample, and a new window starts a new one. Only an exchange
+that cannot fit on its own (system, one player turn and the DM's reply) is refused.
+
+For the weighted loss and the call metrics, a sample also records where its DM turns decide:
+the tokens of every tool call, and the token where a quiet turn ends instead of calling.
 """
 
 from __future__ import annotations
@@ -19,10 +25,25 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Literal
 
+from dmforge.dataset.window import turn_units, window_start
 from dmforge.errors import DmforgeError
+from dmforge.tools.syntax import BracketKind, scan_brackets
 
 ToolResultStyle = Literal["auto", "tool_role", "user_role"]
 IGNORE = -100
+
+
+@dataclass
+class CallSpan:
+    """Token positions of one tool call inside a sample: `[start, end)`, and where its intent ends.
+
+    The intent is the tool's name and positional values (`[roll: perception`): the tokens before the
+    first `,` or the closing `]`.
+    """
+
+    start: int
+    end: int
+    intent_end: int
 
 
 @dataclass
@@ -34,10 +55,18 @@ class Sample:
     labels: list[int]
     dm_spans: list[tuple[int, int]] = field(default_factory=list)  # token index ranges of trained turns
     prompt_lengths: list[int] = field(default_factory=list)  # tokens before each trained turn
+    calls: list[CallSpan] = field(default_factory=list)  # tool calls in the trained turns
+    quiet_ends: list[int] = field(default_factory=list)  # end-of-turn tokens of trained turns without calls
+    windowed: bool = False  # the context starts later than the conversation's first turn
 
     @property
     def trained_tokens(self) -> int:
         return sum(label != IGNORE for label in self.labels)
+
+    @property
+    def decision_positions(self) -> list[int]:
+        """Tokens where a DM turn decides whether to call: each call's first token, each quiet turn's end."""
+        return sorted({c.start for c in self.calls} | set(self.quiet_ends))
 
 
 @dataclass(frozen=True)
@@ -48,6 +77,10 @@ class ChatFormat:
     tool_prefix: str  # text before tool results when they go in a user turn
     end_of_turn: str  # the special token that closes a DM turn
     prefix_stable: bool  # rendering a prefix of a conversation gives a prefix of the text
+    # Tokens the template adds around a message's content, per role, and for the reply's header. A
+    # message costs its content's tokens plus its role's framing: the app counts the same way.
+    framing: dict[str, int] = field(default_factory=dict)
+    reply_header: int = 0
 
 
 def template_messages(messages: list[dict], fmt: ChatFormat) -> list[dict]:
@@ -65,6 +98,10 @@ def _render(tokenizer, messages: list[dict], generation_prompt: bool = False) ->
     return tokenizer.apply_chat_template(messages, tokenize=False, add_generation_prompt=generation_prompt)
 
 
+def _count(tokenizer, text: str) -> int:
+    return len(tokenizer(text, add_special_tokens=False)["input_ids"])
+
+
 _PROBE = [
     {"role": "system", "content": "SYSTEM-PROBE"},
     {"role": "user", "content": "USER-PROBE"},
@@ -72,6 +109,19 @@ _PROBE = [
     {"role": "tool", "content": "[roll: perception] => TOOL-PROBE"},
     {"role": "assistant", "content": "DM-PROBE-2"},
 ]
+
+
+def _framing(tokenizer, fmt: ChatFormat) -> tuple[dict[str, int], int]:
+    """Tokens the template adds per message of each role, and for the generation prompt."""
+    system = {"role": "system", "content": "SYSTEM-PROBE"}
+    alone = _count(tokenizer, _render(tokenizer, [system]))
+    framing = {"system": alone - _count(tokenizer, system["content"])}
+    for role in ("user", "assistant", "tool"):
+        (message,) = template_messages([{"role": role, "content": "Probe text."}], fmt)
+        rendered = _count(tokenizer, _render(tokenizer, [system, message]))
+        framing[role] = rendered - alone - _count(tokenizer, message["content"])
+    header = _count(tokenizer, _render(tokenizer, [system], generation_prompt=True)) - alone
+    return framing, header
 
 
 def detect_chat_format(tokenizer, tool_results: ToolResultStyle = "auto", tool_prefix: str = "") -> ChatFormat:
@@ -102,30 +152,37 @@ def detect_chat_format(tokenizer, tool_results: ToolResultStyle = "auto", tool_p
             f"would never learn to stop (after the reply comes {after[:20]!r}). Use another base or template."
         )
     stable = full.startswith(prompt) and full.startswith(through) and through.startswith(prompt)
-    return ChatFormat(tool_role, tool_prefix, end, stable)
+    framing, header = _framing(tokenizer, fmt)
+    return ChatFormat(tool_role, tool_prefix, end, stable, framing, header)
 
 
-def _exchanges(messages: list[dict]) -> list[list[dict]]:
-    """Non-system messages grouped so that each group starts at a user turn (or the DM's opening)."""
-    groups: list[list[dict]] = []
-    for m in messages:
-        if m["role"] == "user" or not groups:
-            groups.append([])
-        groups[-1].append(m)
-    return groups
+def message_costs(tokenizer, fmt: ChatFormat, chat: list[dict]) -> list[int]:
+    """What each message (as the app sends it) takes in the prompt: its content's tokens plus its framing."""
+    return [_count(tokenizer, m["content"]) + fmt.framing.get(m["role"], 0) for m in chat]
+
+
+def prompt_budget(fmt: ChatFormat, max_seq_len: int, reply_tokens: int) -> int:
+    """Tokens the window may fill: the context less the reply's room and the reply's header."""
+    return max_seq_len - reply_tokens - fmt.reply_header
 
 
 def _tokenize(tokenizer, text: str):
     return tokenizer(text, add_special_tokens=False, return_offsets_mapping=True)
 
 
-def render_sequence(
-    tokenizer, fmt: ChatFormat, messages: list[dict], conversation: str, last_turn_only: bool = False
-) -> Sample:
+def _token_at(offsets: list[tuple[int, int]], char: int, default: int) -> int:
+    """The first token that starts at or after character `char`, or that contains it."""
+    for t, (a, b) in enumerate(offsets):
+        if a >= char or (a <= char < b):
+            return t
+    return default
+
+
+def render_sequence(tokenizer, fmt: ChatFormat, messages: list[dict], conversation: str, train_from: int = 0) -> Sample:
     """Render one message list (system first) into ids and labels that train its DM turns.
 
-    With `last_turn_only`, only the final DM turn is trained (and checked): the form used for
-    templates that rewrite earlier turns once later ones follow.
+    Only DM turns at index `train_from` or later are trained (and checked): earlier ones are the
+    history of a window, trained in the sample of their own window.
     """
     chat = template_messages(messages, fmt)
     full = _render(tokenizer, chat)
@@ -134,7 +191,7 @@ def render_sequence(
     labels = [IGNORE] * len(ids)
     sample = Sample(conversation, ids, labels)
     for i, message in enumerate(chat):
-        if message["role"] != "assistant" or (last_turn_only and i != len(chat) - 1):
+        if message["role"] != "assistant" or i < train_from:
             continue
         prompt = _render(tokenizer, chat[:i], generation_prompt=True)
         through = _render(tokenizer, chat[: i + 1])
@@ -149,7 +206,7 @@ def render_sequence(
         end = through.rfind(fmt.end_of_turn) + len(fmt.end_of_turn)
         if end <= start:
             raise DmforgeError(f"{conversation}: a DM turn is not closed by {fmt.end_of_turn!r} in the chat template.")
-        first = next((t for t, (a, _) in enumerate(offsets) if a >= start), len(ids))
+        first = _token_at(offsets, start, len(ids))
         last = next((t for t, (a, _) in enumerate(offsets) if a >= end), len(ids))
         # The tokens before the turn must be exactly what the app's runtime gets from tokenizing the prompt.
         if ids[:first] != _tokenize(tokenizer, prompt)["input_ids"]:
@@ -161,50 +218,108 @@ def render_sequence(
             labels[t] = ids[t]
         sample.dm_spans.append((first, last))
         sample.prompt_lengths.append(first)
+        _mark_calls(sample, message["content"], full.find(message["content"], start), offsets, (first, last))
     return sample
 
 
-def _per_turn_samples(tokenizer, fmt: ChatFormat, messages: list[dict], conversation: str) -> list[Sample]:
-    """For templates that rewrite history: one sample per DM turn, trained on that turn alone."""
+def _mark_calls(sample: Sample, content: str, at: int, offsets, span: tuple[int, int]) -> None:
+    """Record the token spans of the turn's tool calls, or its end token when it makes none.
+
+    A call's span starts at the line break before it when it opens a line: what follows the last word
+    of the narration, a line break or the end of the turn, is where the turn decides to call.
+    """
+    first, last = span
+    calls = [b for b in scan_brackets(content) if b.kind is BracketKind.CALL]
+    if not calls:
+        sample.quiet_ends.append(last - 1)  # the end-of-turn token: "no call here" is decided on it
+        return
+    if at < 0:  # the template changed the content's text, so its characters cannot be located
+        return
+    line_starts = [0]
+    for line in content.split("\n"):
+        line_starts.append(line_starts[-1] + len(line) + 1)
+    for bracket in calls:
+        opening = at + line_starts[bracket.line] + bracket.column
+        begin = opening - 1 if bracket.column == 0 and bracket.line > 0 else opening
+        cut = min(i for i in (bracket.text.find(","), len(bracket.text) - 1) if i >= 0)
+        start_tok = _token_at(offsets, begin, last)
+        end_tok = _token_at(offsets, opening + len(bracket.text), last)
+        intent_tok = max(start_tok + 1, _token_at(offsets, opening + cut, last))
+        if first <= start_tok < end_tok <= last:
+            sample.calls.append(CallSpan(start_tok, end_tok, min(intent_tok, end_tok)))
+
+
+def _per_turn_samples(
+    tokenizer, fmt: ChatFormat, messages: list[dict], conversation: str, starts: list[int]
+) -> list[Sample]:
+    """For templates that rewrite history: one sample per DM turn, after that turn's own window."""
     samples = []
-    for i, m in enumerate(messages):
-        if m["role"] != "assistant":
-            continue
-        samples.append(render_sequence(tokenizer, fmt, messages[: i + 1], conversation, last_turn_only=True))
+    turns = [i for i, m in enumerate(messages) if m["role"] == "assistant"]
+    for i, start in zip(turns, starts, strict=True):
+        window = [messages[0], *messages[start : i + 1]]
+        sample = render_sequence(tokenizer, fmt, window, conversation, train_from=len(window) - 1)
+        sample.windowed = start > 1
+        samples.append(sample)
     return samples
 
 
-def conversation_samples(tokenizer, fmt: ChatFormat, conversation: dict, max_seq_len: int) -> list[Sample]:
-    """All training samples of one conversation, split between exchanges to fit `max_seq_len`."""
+def dm_turn_windows(
+    tokenizer, fmt: ChatFormat, conversation: dict, max_seq_len: int, reply_tokens: int
+) -> list[tuple[int, int]]:
+    """(DM turn index, start of its window) for every DM turn: the history the app sends before it.
+
+    A reply longer than `reply_tokens` (the app would cut it there) still has to fit beside its window,
+    so its window is the one that leaves room for the whole reply.
+    """
     cid = conversation["id"]
     messages = conversation["messages"]
-    system, rest = messages[:1], messages[1:]
-    pieces: list[list[dict]] = []
-    current: list[dict] = []
-    for exchange in _exchanges(rest):
-        candidate = current + exchange
-        if current and _length(tokenizer, fmt, system + candidate) > max_seq_len:
-            pieces.append(current)
-            candidate = exchange
-        if _length(tokenizer, fmt, system + exchange) > max_seq_len:
+    chat = template_messages(messages, fmt)
+    roles = [m["role"] for m in messages]  # before mapping: a tool message stays with the call it answers
+    costs = message_costs(tokenizer, fmt, chat)
+    budget = prompt_budget(fmt, max_seq_len, reply_tokens)
+    out = []
+    for i, role in enumerate(roles):
+        if role != "assistant":
+            continue
+        # The sample is the window plus this turn, which costs its content, framing and end token.
+        room = min(budget, max_seq_len - costs[i])
+        start = window_start(roles[:i], costs[:i], room)
+        newest = [u for u in turn_units(roles[:i]) if u[1] == i]
+        needed = costs[0] + sum(sum(costs[a:b]) for a, b in newest[-1:]) + costs[i]
+        if needed > max_seq_len:
             raise DmforgeError(
-                f"{cid}: the exchange starting `{_clip(exchange[0]['content'])}` needs "
-                f"{_length(tokenizer, fmt, system + exchange)} tokens with the system prompt, more than "
-                f"max_seq_len={max_seq_len}. Raise --max-seq-len (the app's n_ctx must be as large) or split the "
-                "exchange in the scenario. No DM turn is ever truncated."
+                f"{cid}: the DM turn `{_clip(chat[i]['content'])}` needs {needed} tokens with the system prompt and "
+                f"the turn before it, more than the context of {max_seq_len} tokens (max_seq_len, the app's n_ctx). "
+                "Raise --max-seq-len, or shorten that exchange or the scenario's SYSTEM section. No turn is ever cut."
             )
-        current = candidate
-    if current:
-        pieces.append(current)
+        out.append((i, start))
+    return out
 
-    samples: list[Sample] = []
-    for piece in pieces:
-        if not any(m["role"] == "assistant" for m in piece):
-            continue  # a piece of player turns only has nothing to train
-        if fmt.prefix_stable:
-            samples.append(render_sequence(tokenizer, fmt, system + piece, cid))
-        else:
-            samples += _per_turn_samples(tokenizer, fmt, system + piece, cid)
+
+def conversation_samples(
+    tokenizer, fmt: ChatFormat, conversation: dict, max_seq_len: int, reply_tokens: int = 0
+) -> list[Sample]:
+    """All training samples of one conversation: every DM turn once, after the app's window at that turn."""
+    cid = conversation["id"]
+    messages = conversation["messages"]
+    windows = dm_turn_windows(tokenizer, fmt, conversation, max_seq_len, reply_tokens)
+    if not fmt.prefix_stable:
+        samples = _per_turn_samples(tokenizer, fmt, messages, cid, [start for _, start in windows])
+    else:
+        # DM turns that see the same window share one sample, which ends at the last of them and trains
+        # only them: the DM turns before the first are that window's history, trained with their own.
+        groups: list[list[int]] = []  # [window start, first DM turn, last DM turn]
+        for turn, start in windows:
+            if groups and groups[-1][0] == start:
+                groups[-1][2] = turn
+            else:
+                groups.append([start, turn, turn])
+        samples = []
+        for start, first, last in groups:
+            window = [messages[0], *messages[start : last + 1]]
+            sample = render_sequence(tokenizer, fmt, window, cid, train_from=first - start + 1)
+            sample.windowed = start > 1
+            samples.append(sample)
     for sample in samples:
         if sample.trained_tokens == 0:
             raise DmforgeError(f"{cid}: a training sample has an empty loss mask; nothing in it would be learned.")
@@ -213,17 +328,15 @@ def conversation_samples(tokenizer, fmt: ChatFormat, conversation: dict, max_seq
     return samples
 
 
-def _length(tokenizer, fmt: ChatFormat, messages: list[dict]) -> int:
-    return len(_tokenize(tokenizer, _render(tokenizer, template_messages(messages, fmt)))["input_ids"])
-
-
 def _clip(text: str, width: int = 50) -> str:
     text = " ".join(text.split())
     return text if len(text) <= width else text[: width - 1] + "…"
 
 
-def build_samples(tokenizer, fmt: ChatFormat, conversations: list[dict], max_seq_len: int) -> list[Sample]:
-    samples = [s for c in conversations for s in conversation_samples(tokenizer, fmt, c, max_seq_len)]
+def build_samples(
+    tokenizer, fmt: ChatFormat, conversations: list[dict], max_seq_len: int, reply_tokens: int = 0
+) -> list[Sample]:
+    samples = [s for c in conversations for s in conversation_samples(tokenizer, fmt, c, max_seq_len, reply_tokens)]
     if not samples:
         raise DmforgeError("The dataset produced no training samples: it has no DM turns to learn from.")
     return samples
