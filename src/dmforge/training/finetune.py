@@ -48,6 +48,7 @@ from dmforge.training.preflight import run_preflight
 # Options that may change between a run and its resumption without changing what is trained.
 RESUMABLE_KEYS = {
     "max_steps",
+    "max_minutes",
     "epochs",
     "eval_every",
     "save_every",
@@ -82,6 +83,8 @@ def run_identity(config: DmforgeConfig, corpus: str) -> dict:
     data = json.loads(config.model_dump_json(include={"data", "model", "train"}))
     data["train"] = {k: v for k, v in data["train"].items() if k not in RESUMABLE_KEYS}
     data["data"].pop("out", None)
+    # The reply budget decides the context windows the model trains on, so it is part of what is trained.
+    data["decode"] = {"n_predict": config.decode.n_predict}
     return {"config": data, "corpus": corpus}
 
 
@@ -155,15 +158,39 @@ def finetune(
         split: [json.loads(line) for line in (dataset_dir / f"{split}.jsonl").read_text().splitlines()]
         for split in ("train", "validation")
     }
-    train = build_samples(tokenizer, fmt, conversations["train"], t.max_seq_len)
+    reply = config.decode.n_predict
+    train = build_samples(tokenizer, fmt, conversations["train"], t.max_seq_len, reply)
     validation = (
-        build_samples(tokenizer, fmt, conversations["validation"], t.max_seq_len) if conversations["validation"] else []
+        build_samples(tokenizer, fmt, conversations["validation"], t.max_seq_len, reply)
+        if conversations["validation"]
+        else []
     )
+    windowed = sum(s.windowed for s in train)
+    stats_path = dataset_dir / "stats.json"
+    stats_json = json.loads(stats_path.read_text())
+    stats_json["samples"] = {
+        "max_seq_len": t.max_seq_len,
+        "reply_tokens": reply,
+        "train": len(train),
+        "train_windowed": windowed,
+        "validation": len(validation),
+        "validation_windowed": sum(s.windowed for s in validation),
+        "train_tokens": sum(len(s.input_ids) for s in train),
+        "train_dm_tokens": sum(s.trained_tokens for s in train),
+    }
+    write_json(stats_path, stats_json)
     console.print(
-        f"[bold]data[/] {len(train)} training samples ({sum(s.trained_tokens for s in train):,} DM tokens), "
+        f"[bold]data[/] {len(train)} training samples ({sum(s.trained_tokens for s in train):,} DM tokens, "
+        f"{sum(len(s.calls) for s in train)} calls; {windowed} in a context window of {t.max_seq_len} tokens), "
         f"{len(validation)} validation; tool results in the {'tool' if fmt.tool_role else 'user'} role; "
         f"turns end with {escape(fmt.end_of_turn)}"
     )
+    if base.quantized_from:
+        console.print(
+            f"[yellow]note:[/] the base `{escape(config.model.base)}` ships as a {base.quantized_from} GGUF, so this "
+            "run trains from weights that were already cut to a few bits. Where the Hugging Face hub is reachable, "
+            "a full-precision base trains better (`dmforge models list`)."
+        )
 
     hardware = detect_hardware(t.device, t.dtype, t.threads)
     console.print(f"[bold]device[/] {hardware.description}, {hardware.dtype_name}, {hardware.threads} threads")
@@ -185,6 +212,11 @@ def finetune(
         with console.status("preflight: timing a few real steps…"):
             preflight = run_preflight(model, train, t, hardware, pad_id)
         console.print(f"[bold]preflight[/] {preflight.summary()}")
+        if t.max_minutes and preflight.total_seconds > t.max_minutes * 60:
+            # Plan the schedule to end inside the budget, rather than cutting a cosine schedule off midway.
+            fit = max(1, int(preflight.total_steps * t.max_minutes * 60 / preflight.total_seconds))
+            console.print(f"[bold]budget[/] {t.max_minutes:g} min: {fit} of {preflight.total_steps} steps")
+            t = t.model_copy(update={"max_steps": fit})
 
     accelerator = None
     if int(os.environ.get("WORLD_SIZE", "1")) > 1:  # launched by `accelerate launch` on several GPUs
@@ -207,7 +239,7 @@ def finetune(
             log=lambda row: (log_file.write(json.dumps(row) + "\n"), log_file.flush()),
         )
 
-    # The adapter that ships is the best by validation loss, not merely the last.
+    # The adapter that ships is the best by held-out call score (or validation loss), not merely the last.
     best = run_dir / "best-adapter.safetensors"
     if best.is_file():
         load_trainable_state(model, load_file(best))
@@ -223,12 +255,15 @@ def finetune(
         "val_loss": state.val_loss,
         "final_val_loss": state.val_loss[-1][1] if state.val_loss else None,
         "best_val_loss": state.best_val,
+        "best_call_score": state.best_score,
         "best_step": state.best_step,
+        "selected_by": t.select_by,
+        "val_calls": state.val_calls,
         "steps": state.step,
         "trained_tokens": state.tokens,
         "train_seconds": round(state.seconds, 1),
         "stopped_early": state.stopped_early,
-        "samples": {"train": len(train), "validation": len(validation)},
+        "samples": {"train": len(train), "validation": len(validation), "windowed": windowed},
         "preflight": asdict(preflight) if preflight else None,
         "device": hardware.description,
         "dtype": hardware.dtype_name,
@@ -242,8 +277,9 @@ def finetune(
         title,
         {
             "steps": state.step,
-            "best validation loss": state.best_val,
-            "best step": state.best_step,
+            "validation loss of the shipped adapter": state.best_val,
+            "held-out call score of the shipped adapter": state.best_score,
+            "shipped adapter's step": state.best_step,
             "trained DM tokens": state.tokens,
             "training time (s)": round(state.seconds, 1),
             "device": f"{hardware.description}, {hardware.dtype_name}",

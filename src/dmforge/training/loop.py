@@ -32,7 +32,8 @@ from dmforge.training.checkpoint import (
     save_checkpoint,
     trainable_state,
 )
-from dmforge.training.loss import dm_turn_loss
+from dmforge.training.loss import dm_turn_loss, full_logits_loss
+from dmforge.training.validation import Validation, validate
 
 
 @dataclass
@@ -75,18 +76,48 @@ def make_optimizer(model, config: TrainConfig, total_steps: int):
     return optimizer, torch.optim.lr_scheduler.LambdaLR(optimizer, schedule)
 
 
-def evaluate(model, samples: list[Sample], pad_id: int, device: str, batch_size: int = 1) -> float:
-    """Mean per-token loss on the DM turns of `samples`."""
-    model.eval()
-    total, count = 0.0, 0
-    with torch.no_grad():
-        for start in range(0, len(samples), batch_size):
-            batch = _to(collate(samples[start : start + batch_size], pad_id), device)
-            logits = model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"]).logits
-            loss, n = dm_turn_loss(logits, batch["labels"])
-            total, count = total + float(loss), count + n
-    model.train()
-    return total / max(count, 1)
+def is_better(result: Validation, state: LoopState, select_by: str) -> bool:
+    """Whether this evaluation's adapter should replace the one that ships."""
+    if state.best_step is None:
+        return True
+    if select_by == "loss":
+        return result.loss < state.best_val
+    best = state.best_score or 0.0
+    return result.call_score > best + 1e-9 or (abs(result.call_score - best) <= 1e-9 and result.loss < state.best_val)
+
+
+def _validate_and_select(model, validation, device, state: LoopState, config, best_path: Path, log) -> bool:
+    """Score the held-out samples; keep this adapter as the one that ships if it is the best so far."""
+    result = validate(model, validation, device)
+    state.val_loss.append((state.step, result.loss))
+    state.val_calls.append((state.step, result.to_json()))
+    if log:
+        log({"step": state.step, **{f"val_{k}": v for k, v in result.to_json().items()}})
+    if not is_better(result, state, config.select_by):
+        return False
+    state.best_val, state.best_score, state.best_step = result.loss, result.call_score, state.step
+    _save_best(best_path, model)
+    return True
+
+
+def _neftune(model, alpha: float):
+    """NEFTune: uniform noise on the input embeddings while training (Jain et al., 2023); a hook handle."""
+    embeddings = model.get_input_embeddings()
+
+    def add_noise(module, args, output):
+        if not module.training:
+            return output
+        scale = alpha / math.sqrt(output.shape[1] * output.shape[2])
+        return output + torch.zeros_like(output).uniform_(-scale, scale)
+
+    return embeddings.register_forward_hook(add_noise)
+
+
+def _step_loss(model, tensors: dict, full_logits: bool) -> tuple[torch.Tensor, float]:
+    if full_logits:  # under DDP the wrapped forward must run, or gradients are not synchronized
+        logits = model(input_ids=tensors["input_ids"], attention_mask=tensors["attention_mask"]).logits
+        return full_logits_loss(logits, tensors["labels"], tensors["weights"])
+    return dm_turn_loss(model, tensors["input_ids"], tensors["attention_mask"], tensors["labels"], tensors["weights"])
 
 
 def _progress(console: Console) -> Progress:
@@ -96,6 +127,7 @@ def _progress(console: Console) -> Progress:
         TextColumn("step {task.completed:.0f}/{task.total:.0f}"),
         TextColumn("loss {task.fields[loss]}"),
         TextColumn("val {task.fields[val]}"),
+        TextColumn("calls {task.fields[calls]}"),
         TextColumn("{task.fields[tps]} tok/s"),
         TimeElapsedColumn(),
         TextColumn("ETA"),
@@ -141,23 +173,25 @@ def train_loop(
         completed=state.step,
         loss=_fmt(state.train_loss[-1][1] if state.train_loss else None),
         val=_fmt(state.val_loss[-1][1] if state.val_loss else None),
+        calls=_fmt(state.val_calls[-1][1]["call_score"] if state.val_calls else None),
         tps="-",
     )
+    noise = _neftune(model, config.neftune_alpha) if config.neftune_alpha else None
     rank, world = (accelerator.process_index, accelerator.num_processes) if accelerator else (0, 1)
     try:
         with progress:
             while state.step < plan.total_steps:
                 started = time.monotonic()
                 micro_batches = step_batches(train, config, plan, state.step)
+                tensors_list = [collate(b, pad_id, config.call_loss_weight) for b in micro_batches]
+                step_weight = sum(float(t["weights"].sum()) for t in tensors_list)
                 step_tokens = sum(s.trained_tokens for b in micro_batches for s in b)
                 step_loss = 0.0
-                mine = micro_batches[rank::world]
+                mine = tensors_list[rank::world]
                 for i, batch in enumerate(mine):
-                    tensors = _to(collate(batch, pad_id), device)
-                    logits = model(input_ids=tensors["input_ids"], attention_mask=tensors["attention_mask"]).logits
-                    loss_sum, _ = dm_turn_loss(logits, tensors["labels"])
-                    # Dividing by the whole step's token count (all processes) gives an exact per-token mean.
-                    loss = loss_sum / max(step_tokens, 1)
+                    loss_sum, _ = _step_loss(model, _to(batch, device), full_logits=world > 1)
+                    # Dividing by the whole step's weight (all processes) gives an exact per-token mean.
+                    loss = loss_sum / max(step_weight, 1.0)
                     if accelerator is not None:
                         sync = i == len(mine) - 1
                         with accelerator.no_sync(model) if not sync and world > 1 else nullcontext():
@@ -188,13 +222,8 @@ def train_loop(
 
                 last = state.step >= plan.total_steps
                 if validation and (state.step % config.eval_every == 0 or last):
-                    val = evaluate(model, validation, pad_id, device)
-                    state.val_loss.append((state.step, val))
-                    if log:
-                        log({"step": state.step, "val_loss": val})
-                    if state.best_val is None or val < state.best_val:
-                        state.best_val, state.best_step, state.bad_evals = val, state.step, 0
-                        _save_best(best_path, model)
+                    if _validate_and_select(model, validation, device, state, config, best_path, log):
+                        state.bad_evals = 0
                     else:
                         state.bad_evals += 1
                         if config.early_stopping_patience and state.bad_evals >= config.early_stopping_patience:
@@ -204,14 +233,20 @@ def train_loop(
                     completed=state.step,
                     loss=_fmt(step_loss),
                     val=_fmt(state.val_loss[-1][1] if state.val_loss else None),
+                    calls=_fmt(state.val_calls[-1][1]["call_score"] if state.val_calls else None),
                     tps=f"{tps:.0f}",
                 )
+                if config.max_minutes and state.seconds >= config.max_minutes * 60 and not last:
+                    state.stopped_early = True  # the time budget is spent: the best adapter so far ships
+                    if validation and (not state.val_loss or state.val_loss[-1][0] != state.step):
+                        _validate_and_select(model, validation, device, state, config, best_path, log)
                 if state.step % config.save_every == 0 or last or state.stopped_early:
                     save_checkpoint(checkpoints, model, optimizer, scheduler, state)
                 if state.stopped_early:
+                    what = "validation loss" if config.select_by == "loss" else "the held-out call score"
                     console.print(
-                        f"[yellow]Early stop[/] at step {state.step}: validation loss has not improved for "
-                        f"{state.bad_evals} evaluations (best {state.best_val:.4f} at step {state.best_step})."
+                        f"[yellow]Early stop[/] at step {state.step}: {what} has not improved for "
+                        f"{state.bad_evals} evaluations (best at step {state.best_step})."
                     )
                     break
     except KeyboardInterrupt:
@@ -221,6 +256,9 @@ def train_loop(
             "to resume exactly where it stopped.",
             exit_code=130,
         ) from None
+    finally:
+        if noise is not None:
+            noise.remove()
     return state
 
 

@@ -67,15 +67,16 @@ def run_preflight(
     tokens, seconds = 0, 0.0
     for step in range(steps):
         batch = longest[step * config.batch_size : (step + 1) * config.batch_size] or longest[: config.batch_size]
-        tensors = _to(collate(batch, pad_id), hardware.device)
+        tensors = _to(collate(batch, pad_id, config.call_loss_weight), hardware.device)
         started = time.monotonic()
-        logits = model(input_ids=tensors["input_ids"], attention_mask=tensors["attention_mask"]).logits
-        loss, n = dm_turn_loss(logits, tensors["labels"])
-        (loss / max(n, 1)).backward()
+        loss, weight = dm_turn_loss(
+            model, tensors["input_ids"], tensors["attention_mask"], tensors["labels"], tensors["weights"]
+        )
+        (loss / max(weight, 1.0)).backward()
         if step > 0 or steps == 1:  # the first step pays one-off warm-up costs
             seconds += time.monotonic() - started
             tokens += sum(len(s.input_ids) for s in batch)
-        del logits, loss
+        del loss
     model.zero_grad(set_to_none=True)
     torch.set_rng_state(rng)
 
