@@ -108,7 +108,18 @@ class TrainConfig(_Section):
     )
     epochs: float = Field(2.0, gt=0, description="Passes over the training set (ignored when max_steps is set).")
     max_steps: int | None = Field(None, gt=0, description="Stop after this many optimizer steps.")
-    max_seq_len: int = Field(1024, ge=64, description="Longest training sequence, in tokens; the app's n_ctx.")
+    max_minutes: float | None = Field(
+        None,
+        gt=0,
+        description="A training-time budget: the run is planned (from the preflight's measured speed) to end "
+        "within it, and stops at it in any case.",
+    )
+    max_seq_len: int = Field(
+        2048,
+        ge=64,
+        description="The app's context (n_ctx) and the longest training sequence, in tokens. A conversation longer "
+        "than this is trained in the windows the app sends (the system message and the newest whole turns).",
+    )
     batch_size: int = Field(1, ge=1, description="Sequences per micro-batch (grouped by length, so padding is rare).")
     grad_accum: int = Field(4, ge=1, description="Micro-batches per optimizer step.")
     learning_rate: float = Field(
@@ -127,10 +138,25 @@ class TrainConfig(_Section):
         0.0, ge=0, lt=1, description="Dropout on the LoRA input; costs about 30% speed on a CPU, so off by default."
     )
     target_modules: str | list[str] = Field("all-linear", description="Modules that get LoRA adapters.")
+    call_loss_weight: float = Field(
+        3.0,
+        ge=1.0,
+        le=20.0,
+        description="Loss weight of the tokens that decide and write a tool call (each call, and the end of a turn "
+        "that makes none), against 1 for narration. Calls are a few percent of a DM's tokens.",
+    )
+    neftune_alpha: float = Field(
+        0.0, ge=0.0, description="NEFTune: scale of uniform noise on the input embeddings while training (0 = off)."
+    )
+    select_by: Literal["calls", "loss"] = Field(
+        "calls",
+        description="Which adapter ships: the best held-out call score (decision, intent and exact call, "
+        "teacher-forced; see training/validation.py) or the lowest validation loss.",
+    )
     eval_every: int = Field(25, ge=1, description="Optimizer steps between validation-loss evaluations.")
     save_every: int = Field(25, ge=1, description="Optimizer steps between checkpoints (resume points).")
     early_stopping_patience: int = Field(
-        3, ge=0, description="Stop after this many evaluations without a better validation loss (0 = never)."
+        3, ge=0, description="Stop after this many evaluations without a better adapter (by `select_by`; 0 = never)."
     )
     seed: int = Field(1234)
     device: Literal["auto", "cpu", "cuda", "mps"] = "auto"
@@ -142,30 +168,79 @@ class TrainConfig(_Section):
     memory_fraction: float = Field(0.9, gt=0, le=1, description="Refuse to start above this share of memory.")
 
 
-class ExportConfig(_Section):
-    """GGUF export and its verification."""
+class DecodeConfig(_Section):
+    """How the app decodes a DM reply with Cactus. Written, every field explicit, into the app's config,
+    and used by the evaluation and the playtest: Cactus 0.2.x fills omitted fields with platform defaults
+    (on Android an unbounded `n_predict` and no repetition penalty), so nothing is left to them."""
 
-    quants: list[Literal["F16", "Q8_0", "Q6_K", "Q5_K_M", "Q4_K_M", "Q4_0"]] = Field(
-        ["Q4_K_M"],
-        min_length=1,
-        description="Quantizations to write; the first is the one deployed. F16 is always made.",
+    n_predict: int = Field(
+        192, ge=16, description="Most tokens in one reply; the context window keeps this many free for the reply."
     )
+    temperature: float = Field(0.0, ge=0.0, le=2.0, description="0 picks the most likely token (greedy).")
+    top_k: int = Field(40, ge=0)
+    top_p: float = Field(0.95, gt=0.0, le=1.0)
+    min_p: float = Field(0.05, ge=0.0, lt=1.0)
+    penalty_repeat: float = Field(1.1, ge=1.0, le=2.0, description="Repetition penalty (1.0 = off).")
+    penalty_last_n: int = Field(64, ge=0, description="Tokens the repetition penalty looks back over.")
+    penalty_freq: float = Field(0.0, ge=0.0)
+    penalty_present: float = Field(0.0, ge=0.0)
+    dry_multiplier: float = Field(0.0, ge=0.0, description="DRY repetition sampler strength (0 = off).")
+    dry_base: float = Field(1.75, ge=1.0)
+    dry_allowed_length: int = Field(2, ge=1)
+    dry_penalty_last_n: int = Field(-1, ge=-1)
+    dry_sequence_breakers: list[str] = Field(
+        ["\n", ":", '"', "*", "[", "]", ",", "="],
+        description="Where DRY stops matching; the call syntax's characters keep repeated calls legal.",
+    )
+    seed: int = Field(42, description="Sampling seed; the same seed gives the same reply.")
+    grammar: Literal["full", "lazy", "off"] = Field(
+        "full",
+        description="Constrain every `[` to a well-formed call to a registered tool (a GBNF grammar made from the "
+        "tool registry): `full` from the first token, `lazy` once a `[` appears, `off` not at all.",
+    )
+
+
+QuantName = Literal["F16", "Q8_0", "Q6_K", "Q5_K_M", "Q5_0", "Q4_K_M", "Q4_0"]
+
+
+class ExportConfig(_Section):
+    """GGUF export, its verification, and which file ships."""
+
+    quants: list[QuantName] = Field(
+        [],
+        description="Types to write besides those always made (F16, Q8_0, Q4_K_M) and every type the model's "
+        "widths take without fallback.",
+    )
+    ship: Literal["measured"] | QuantName = Field(
+        "measured",
+        description="Which file ships: `measured` is the smallest whose held-out intent match is within "
+        "`max_intent_drop` of F16's (export/ship.py); or name a type.",
+    )
+    max_intent_drop: float = Field(0.02, ge=0.0, le=1.0, description="How much intent match a smaller file may lose.")
     max_size_gb: float = Field(2.0, gt=0, description="Fail the export when a file is larger than this.")
 
 
 class EvalConfig(_Section):
-    """Evaluation of tool calls and narration on held-out DM turns."""
+    """Evaluation of tool calls and narration on held-out DM turns, through llama.cpp as the app runs it."""
 
     max_turns: int | None = Field(
-        24, ge=1, description="Held-out DM turns scored per model (taken across all stories); null for all."
+        None, ge=1, description="Held-out DM turns scored per column (taken across all stories); null for all."
     )
+    all_quants: bool = Field(
+        False,
+        description="Score every exported file. By default files are scored smallest first until one meets the "
+        "shipping rule, since larger ones cannot change the choice.",
+    )
+    greedy_column: bool = Field(True, description="Also score the shipped file with plain greedy decoding.")
 
 
 class DeployConfig(_Section):
     """Copying the model into the app."""
 
     app: Path | None = Field(None, description="The React Native app's root folder; no deploy when unset.")
-    quant: str | None = Field(None, description="Which exported file to deploy; default the first of export.quants.")
+    quant: QuantName | None = Field(
+        None, description="Deploy this exported file instead of the one `export.ship` picks."
+    )
 
 
 class DmforgeConfig(_Section):
@@ -174,6 +249,7 @@ class DmforgeConfig(_Section):
     train: TrainConfig = TrainConfig()
     export: ExportConfig = ExportConfig()
     eval: EvalConfig = EvalConfig()
+    decode: DecodeConfig = DecodeConfig()
     deploy: DeployConfig = DeployConfig()
 
 

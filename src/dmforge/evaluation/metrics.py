@@ -7,6 +7,11 @@ verdict out. The rules, in words:
 - **exact call match**: the same calls, in any order: tool names equal, positional values equal
   in order, keyword arguments and flags compared as sets (the registry's rule). Values are folded
   for case and spacing.
+- **intent match**: the same tools with the same positional values (the skill, save, weapon or
+  dice), keyword values and flags ignored: whether the DM asked for the right roll. A `dc=` is a
+  judgement call no model can read off the scene, so exact match has a ceiling below 1; intent has not.
+- **loop**: the reply repeats itself (a run of 4 words three times, or of 8 words twice, tool calls
+  aside) or runs to the token limit.
 - **validity**: every bracket in the reply is a well-formed call to a registered tool whose
   arguments pass the registry's checks (dice through the d20 grammar).
 - **continuation**: for a reply right after tool results, an outcome word in the results
@@ -71,12 +76,39 @@ def call_key(call: ToolCall, registry: Registry) -> tuple:
     return (call.name, call.positional[:slots], frozenset(call.positional[slots:]), frozenset(call.keywords))
 
 
+def intent_key(call: ToolCall, registry: Registry) -> tuple:
+    """A call reduced to what it asks for: the tool and its positional slots (flags and keywords dropped)."""
+    call = call.normalized()
+    spec = registry.tools.get(call.name)
+    slots = len(spec.positional) if spec else len(call.positional)
+    return (call.name, call.positional[:slots])
+
+
+_WORD = re.compile(r"[a-z0-9']+")
+
+
+def loops(text: str) -> bool:
+    """The reply repeats itself: a run of 4 words three times or of 8 words twice, tool calls aside.
+
+    A DM's reply of a few sentences never legitimately does either; a small model under greedy
+    decoding does it until the token limit ("The water is moving. The water is moving. ...").
+    """
+    words = _WORD.findall(re.sub(r"\[[^\]\n]*\]", " ", text.lower()))
+    for n, times in ((4, 3), (8, 2)):
+        counts = Counter(tuple(words[i : i + n]) for i in range(len(words) - n + 1))
+        if counts and max(counts.values()) >= times:
+            return True
+    return False
+
+
 @dataclass
 class TurnVerdict:
     gold_calls: list[str]
     predicted_calls: list[str]
     decision_correct: bool
     exact_match: bool
+    intent_match: bool
+    looped: bool  # repeated itself or ran to the token limit
     brackets: int  # brackets in the reply that the app's agent would try to read
     valid_brackets: int
     after_tool: bool
@@ -146,7 +178,9 @@ def score_turn(
     tool_results: str | None = None,
     party: list[str] = (),
     location: str = "",
+    hit_limit: bool = False,
 ) -> TurnVerdict:
+    """The verdict on one reply; `hit_limit` says generation stopped at the token limit, not at an end."""
     gold_calls, _, _, _ = reply_brackets(gold, registry)
     calls, total, valid, problems = reply_brackets(predicted, registry)
     gold_keys = Counter(call_key(c, registry) for c in gold_calls)
@@ -164,6 +198,9 @@ def score_turn(
         predicted_calls=[str(c) for c in calls],
         decision_correct=bool(gold_calls) == bool(calls),
         exact_match=gold_keys == pred_keys,
+        intent_match=Counter(intent_key(c, registry) for c in gold_calls)
+        == Counter(intent_key(c, registry) for c in calls),
+        looped=hit_limit or loops(predicted),
         brackets=total,
         valid_brackets=valid,
         after_tool=tool_results is not None,
@@ -213,7 +250,14 @@ def aggregate(verdicts: list[TurnVerdict]) -> dict:
             sum(v.exact_match for v in verdicts if v.gold_calls or v.predicted_calls),
             sum(bool(v.gold_calls or v.predicted_calls) for v in verdicts),
         ),
+        # Also over the turns where either side calls: the right tools asking for the right rolls.
+        "intent_match": _ratio(
+            sum(v.intent_match for v in verdicts if v.gold_calls or v.predicted_calls),
+            sum(bool(v.gold_calls or v.predicted_calls) for v in verdicts),
+        ),
+        # No brackets at all is valid: a model that never calls has nothing malformed to execute.
         "call_validity": _ratio(sum(v.valid_brackets for v in verdicts), sum(v.brackets for v in verdicts)),
+        "loop_rate": _ratio(sum(v.looped for v in verdicts), n),
         "per_tool": per_tool,
         "continuation_consistency": _ratio(sum(bool(v.continuation_ok) for v in after_tool), len(after_tool)),
         "in_character_rate": _ratio(sum(v.in_character for v in verdicts), n),

@@ -1,13 +1,17 @@
-"""A scripted playtest: the model runs a short session and its tool calls are really executed.
+"""A scripted playtest: the shipped file plays a session and its tool calls are really executed.
 
-The loop is the app's agent in miniature: the DM replies; every bracket call in the reply is run
-(dice with the `d20` package); the results go back as one tool message of `[call] => result`
-lines; the DM continues, up to a few chained calls; then the next scripted player line.
+The loop is the app's agent in miniature: the DM replies (with the app's decoding and grammar);
+every bracket call in the reply is run (dice with the `d20` package); the results go back as one
+tool message of `[call] => result` lines; the DM continues, up to a few chained calls; then the
+next scripted player line. Before every reply the history is cut to the app's context window
+(`dataset/window.py`), and the session is long enough to outgrow the context, so the transcript
+shows the window at work.
 """
 
 from __future__ import annotations
 
 import random
+from collections.abc import Callable
 
 import d20
 
@@ -16,10 +20,19 @@ from dmforge.tools.syntax import ToolCall, find_calls
 
 SCRIPT = [
     "Brakka: I push open the door of the flooded chapel and look around.",
+    "Sorrel: What do I know about Saint Orrin? Anything about this chapel?",
     "Brakka: I wade toward the altar, watching the water for movement.",
     "Sorrel: I ready my shortbow and shoot whatever comes out of the water.",
     "Brakka: I swing my warhammer at it.",
     "Sorrel: Is Brakka hurt? I'll patch him up if I can.",
+    "Brakka: I search the altar for whatever the creature was guarding.",
+    "Sorrel: I try to read the inscription on the reliquary lid.",
+    "Brakka: I ask the ghost of the old priest, politely, why it haunts this place.",
+    "Sorrel: I tell the ghost we'll carry the saint's bones to the abbey, if it lets us pass.",
+    "Brakka: I climb the collapsed bell tower to look out over the marsh.",
+    "Sorrel: Something's moving in the reeds. I sneak closer to see what it is.",
+    "Brakka: Bog hounds! I step in front of Sorrel and raise my shield.",
+    "Sorrel: I shoot the nearest hound.",
 ]
 SETTING = {
     "world": "The Drowned Marches, a fenland of sunken abbeys",
@@ -28,6 +41,7 @@ SETTING = {
 }
 MAX_CHAIN = 3  # tool round-trips per player line, as a guard against loops
 TARGET_AC = 13
+PARTY = ("Brakka", "Sorrel")
 
 
 def execute(call: ToolCall, registry: Registry, rng: random.Random) -> str:
@@ -38,18 +52,19 @@ def execute(call: ToolCall, registry: Registry, rng: random.Random) -> str:
     if problems:
         return f"error: {problems[0]}"
     roller = d20.Roller()
-    d20_seed = rng.randint(0, 2**31)
-    random.seed(d20_seed)  # d20 rolls with the `random` module; seeded here so a playtest is reproducible
+    random.seed(rng.randint(0, 2**31))  # d20 rolls with the `random` module; seeded so a playtest is reproducible
     flags = {v.lower() for v in call.positional[1:]}
     die = "2d20kh1" if "advantage" in flags else "2d20kl1" if "disadvantage" in flags else "1d20"
+    target = call.keyword("target") or "the target"
     match call.name:
         case "roll":
             subject = call.positional[0].lower()
             total = roller.roll(call.positional[0]).total if parse_dice(subject) else roller.roll(die).total
-            dc = call.keyword("dc")
+            dc = call.keyword("dc") or ("10" if subject == "death save" else None)
             return f"{total}, {'success' if total >= int(dc) else 'failure'}" if dc else str(total)
         case "initiative":
-            return ", ".join(f"{name} {roller.roll('1d20').total}" for name in ("Brakka", "Sorrel", "the enemy"))
+            order = sorted(((roller.roll("1d20").total, name) for name in (*PARTY, "the enemy")), reverse=True)
+            return ", ".join(f"{name} {total}" for total, name in order)
         case "attack":
             total = roller.roll(die).total
             return f"{total}, {'hit' if total >= TARGET_AC else 'miss'}"
@@ -59,24 +74,41 @@ def execute(call: ToolCall, registry: Registry, rng: random.Random) -> str:
             amount = call.positional[0]
             return str(int(amount) if amount.lstrip("+-").isdigit() else roller.roll(amount).total)
         case "condition":
-            return "removed" if "remove" in flags else "applied"
+            condition = call.positional[0].lower()
+            return f"{target} is no longer {condition}" if "remove" in flags else f"{target} is {condition}"
     return "ok"
 
 
-def playtest(model, system: str, registry: Registry, seed: int = 7) -> dict:
-    """Play the script with `model` (anything with `.reply(messages)`); return the transcript."""
+def playtest(
+    model,
+    system: str,
+    registry: Registry,
+    decode,
+    grammar: str | None,
+    window: Callable[[list[dict]], list[dict]] = lambda messages: messages,
+    seed: int = 7,
+) -> dict:
+    """Play the script with `model` (a `Runtime`, or anything with its `.reply`); return the transcript.
+
+    `window(messages)` is what the app sends of the history: the context window for the model's n_ctx.
+    """
     rng = random.Random(seed)
     messages: list[dict] = [{"role": "system", "content": system}]
     transcript: list[dict] = []
-    calls_made = calls_valid = 0
+    calls_made = calls_valid = dm_replies = looped = windowed = 0
     for line in SCRIPT:
         messages.append({"role": "user", "content": line})
         transcript.append({"role": "player", "text": line})
         for _ in range(MAX_CHAIN):
-            reply = model.reply(messages)
-            messages.append({"role": "assistant", "content": reply})
-            transcript.append({"role": "dm", "text": reply})
-            calls = find_calls(reply)
+            sent = window(messages)
+            dropped = len(messages) - len(sent)
+            reply = model.reply(sent, decode, grammar)
+            dm_replies += 1
+            looped += reply.hit_limit
+            windowed += dropped > 0
+            messages.append({"role": "assistant", "content": reply.text})
+            transcript.append({"role": "dm", "text": reply.text, "stop": reply.stop, "dropped_messages": dropped})
+            calls = find_calls(reply.text)
             if not calls:
                 break
             results = []
@@ -87,12 +119,30 @@ def playtest(model, system: str, registry: Registry, seed: int = 7) -> dict:
                 results.append(f"{call} => {outcome}")
             messages.append({"role": "tool", "content": "\n".join(results)})
             transcript.append({"role": "tool", "text": "\n".join(results)})
-    return {"transcript": transcript, "calls": calls_made, "valid_calls": calls_valid}
+    return {
+        "transcript": transcript,
+        "calls": calls_made,
+        "valid_calls": calls_valid,
+        "dm_replies": dm_replies,
+        "loops": looped,
+        "windowed_replies": windowed,
+    }
 
 
 def transcript_markdown(title: str, result: dict) -> str:
-    lines = [f"# Playtest: {title}", "", f"{result['calls']} tool calls, {result['valid_calls']} executed.", ""]
+    lines = [
+        f"# Playtest: {title}",
+        "",
+        f"{result['dm_replies']} DM replies, {result['calls']} tool calls ({result['valid_calls']} executed), "
+        f"{result['loops']} replies that looped or ran to the token limit; {result['windowed_replies']} replies "
+        "were written with the oldest turns dropped to fit the context window.",
+        "",
+    ]
     for entry in result["transcript"]:
         heading = {"player": "Player", "dm": "DM", "tool": "Tool results"}[entry["role"]]
+        if entry.get("dropped_messages"):
+            heading += f" (context window: the {entry['dropped_messages']} oldest messages dropped)"
+        if entry.get("stop") in ("length", "loop"):
+            heading += " (ran to the token limit)" if entry["stop"] == "length" else " (cut: it was looping)"
         lines += [f"**{heading}**", "", entry["text"] or "_(empty)_", ""]
     return "\n".join(lines)

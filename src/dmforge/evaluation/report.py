@@ -1,4 +1,5 @@
-"""The evaluation report: one table, three columns (base, fine-tuned, GGUF), with deltas.
+"""The evaluation report: one table of columns (base, fine-tuned F16, quantized files, greedy), the choice
+of the file that ships, and a chart.
 
 Written as `report.json` for programs, `report.md` for reading in a repository, and `report.html`
 with a chart (`metrics.png`) for people.
@@ -13,17 +14,21 @@ from pathlib import Path
 from dmforge.files import write_json, write_text
 from dmforge.training.plots import save_figure
 
+# (key, label, higher is better): the rows of the table, the app's behaviour first.
 HEADLINE = [
     ("call_decision_accuracy", "call decision accuracy", True),
+    ("intent_match", "intent match (right tool and roll)", True),
+    ("exact_call_match", "exact call match", True),
+    ("call_validity", "call validity", True),
+    ("loop_rate", "loop rate", False),
     ("call_precision", "call precision", True),
     ("call_recall", "call recall", True),
     ("call_f1", "call F1", True),
-    ("exact_call_match", "exact call match", True),
-    ("call_validity", "call validity", True),
     ("continuation_consistency", "continuation consistency", True),
     ("in_character_rate", "in-character rate", True),
     ("mention_recall", "name and place mentions", True),
     ("median_length_ratio", "median length / gold", None),
+    ("mean_reply_tokens", "mean reply tokens", None),
     ("perplexity", "perplexity on gold DM turns", False),
 ]
 
@@ -35,32 +40,29 @@ def _fmt(value) -> str:
 
 
 def _delta(a, b) -> str:
-    if a is None or b is None:
-        return "–"
-    return f"{b - a:+.3f}"
+    return "–" if a is None or b is None else f"{b - a:+.3f}"
 
 
-def table_rows(models: dict[str, dict]) -> list[list[str]]:
-    names = list(models)
+def comparisons(report: dict) -> list[tuple[str, str, str]]:
+    """(label, before, after): fine-tuning against the base, and the shipped file against F16."""
+    models = report["models"]
+    pairs = [("Δ F16 vs base", "base", "F16")]
+    shipped = (report.get("ship") or {}).get("quant")
+    if shipped and shipped != "F16" and shipped in models:
+        pairs.append((f"Δ {shipped} vs F16", "F16", shipped))
+    return [p for p in pairs if p[1] in models and p[2] in models]
+
+
+def table_rows(report: dict) -> tuple[list[str], list[list[str]]]:
+    models = report["models"]
+    pairs = comparisons(report)
+    headers = ["metric", *models, *(label for label, _, _ in pairs)]
     rows = []
     for key, label, _ in HEADLINE:
-        values = [models[n].get(key) for n in names]
-        row = [label, *(_fmt(v) for v in values)]
-        if "base" in models and "fine-tuned" in models:
-            row.append(_delta(models["base"].get(key), models["fine-tuned"].get(key)))
-        if "fine-tuned" in models and "gguf" in models:
-            row.append(_delta(models["fine-tuned"].get(key), models["gguf"].get(key)))
+        row = [label, *(_fmt(models[n].get(key)) for n in models)]
+        row += [_delta(models[a].get(key), models[b].get(key)) for _, a, b in pairs]
         rows.append(row)
-    return rows
-
-
-def _headers(models: dict[str, dict]) -> list[str]:
-    headers = ["metric", *models]
-    if "base" in models and "fine-tuned" in models:
-        headers.append("Δ fine-tuned vs base")
-    if "fine-tuned" in models and "gguf" in models:
-        headers.append("Δ GGUF vs fine-tuned")
-    return headers
+    return headers, rows
 
 
 def chart_png(path: Path, models: dict[str, dict]) -> None:
@@ -69,8 +71,8 @@ def chart_png(path: Path, models: dict[str, dict]) -> None:
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    keys = [(k, label) for k, label, higher in HEADLINE if higher]
-    fig, ax = plt.subplots(figsize=(9, 4), dpi=110)
+    keys = [(k, label) for k, label, higher in HEADLINE[:9] if higher is not None]
+    fig, ax = plt.subplots(figsize=(10, 4.2), dpi=110)
     width = 0.8 / max(1, len(models))
     for i, (name, metrics) in enumerate(models.items()):
         xs = [j + i * width for j in range(len(keys))]
@@ -78,50 +80,76 @@ def chart_png(path: Path, models: dict[str, dict]) -> None:
     ax.set_xticks([j + width * (len(models) - 1) / 2 for j in range(len(keys))])
     ax.set_xticklabels([label for _, label in keys], rotation=30, ha="right", fontsize=8)
     ax.set_ylim(0, 1.05)
-    ax.set_title("Tool calls and narration on held-out DM turns (higher is better)")
-    ax.legend()
+    ax.set_title("Tool calls on held-out DM turns (loop rate: lower is better)")
+    ax.legend(fontsize=8)
     save_figure(fig, path)
+
+
+def _ship_lines(report: dict) -> list[str]:
+    ship = report.get("ship")
+    if not ship:
+        return []
+    lines = [
+        f"Ships: **{ship['quant']}**, {ship['reason']}.",
+        "",
+        "| file | size | fallback matrices | KL vs F16 | intent match | Δ vs F16 |",
+        "|---|---|---|---|---|---|",
+    ]
+    for row in ship["candidates"]:
+        lines.append(
+            f"| {row['quant']} | {row['bytes'] / 2**20:.0f} MB | {_fmt(row['fallback_share'])} | "
+            f"{_fmt(row['kl_vs_f16'])} | {_fmt(row['intent_match']) if row['evaluated'] else 'not scored'} | "
+            f"{_fmt(row['intent_delta_vs_f16'])} |"
+        )
+    return [*lines, ""]
 
 
 def write_reports(out: Path, report: dict) -> None:
     models = report["models"]
     out.mkdir(parents=True, exist_ok=True)
     write_json(out / "report.json", report)
-    headers, rows = _headers(models), table_rows(models)
-    md = [
-        f"# dmforge evaluation: {report['title']}",
-        "",
-        f"{report['turns']} held-out DM turns from {report['source']}; greedy decoding.",
-        "",
-        "| " + " | ".join(headers) + " |",
-        "|" + "---|" * len(headers),
-    ]
+    headers, rows = table_rows(report)
+    decoding = report.get("decoding", {})
+    windowed = report.get("windowed_turns", 0)
+    intro = (
+        f"{report['turns']} held-out DM turns from {report['source']}, each file run in llama.cpp as the app runs "
+        f"it (n_ctx {report.get('n_ctx')}; {windowed} prompts cut to the context window)."
+    )
+    md = [f"# dmforge evaluation: {report['title']}", "", intro, ""]
+    md += [f"- **{name}**: {label}" for name, label in decoding.items()]
+    md += ["", "| " + " | ".join(headers) + " |", "|" + "---|" * len(headers)]
     md += ["| " + " | ".join(row) + " |" for row in rows]
+    md += ["", *_ship_lines(report)]
+    shipped = (report.get("ship") or {}).get("quant")
+    per_tool = (models.get(shipped) or {}).get("per_tool", {})
+    if per_tool:
+        md.append(
+            f"Per-tool F1 ({shipped}): "
+            + ", ".join(f"{tool} {_fmt(v['f1'])} (n={v['support']})" for tool, v in per_tool.items())
+        )
     md += [
         "",
-        "Per-tool F1 (fine-tuned): "
-        + ", ".join(
-            f"{tool} {_fmt(v['f1'])}" for tool, v in (models.get("fine-tuned") or {}).get("per_tool", {}).items()
-        ),
-        "",
-        "Per-turn details (prompt, gold, prediction, verdict) are in details.jsonl; the playtest in playtest.md.",
+        "Per-turn prompts are in turns.jsonl, each column's predictions and verdicts in details.jsonl, "
+        "the playtest in playtest.md.",
     ]
     write_text(out / "report.md", "\n".join(md) + "\n")
     chart_png(out / "metrics.png", models)
     image = base64.b64encode((out / "metrics.png").read_bytes()).decode()
     cells = "".join(f"<th>{html.escape(h)}</th>" for h in headers)
     body = "".join("<tr>" + "".join(f"<td>{html.escape(c)}</td>" for c in row) + "</tr>" for row in rows)
+    legend = "".join(f"<li><b>{html.escape(n)}</b>: {html.escape(label)}</li>" for n, label in decoding.items())
+    ship = "".join(f"<p>{html.escape(line)}</p>" for line in _ship_lines(report)[:1])
     write_text(
         out / "report.html",
         f"""<!doctype html>
 <html><head><meta charset="utf-8"><title>dmforge evaluation</title>
-<style>body{{font-family:system-ui,sans-serif;max-width:960px;margin:2em auto;color:#222}}
+<style>body{{font-family:system-ui,sans-serif;max-width:1100px;margin:2em auto;color:#222}}
 table{{border-collapse:collapse}}td,th{{border:1px solid #ccc;padding:.3em .6em;text-align:right}}
 td:first-child,th:first-child{{text-align:left}}</style></head><body>
 <h1>dmforge evaluation: {html.escape(report["title"])}</h1>
-<p>{report["turns"]} held-out DM turns from {html.escape(report["source"])}; greedy decoding.</p>
-<table><tr>{cells}</tr>{body}</table>
-<img alt="metrics chart" src="data:image/png;base64,{image}" width="900">
+<p>{html.escape(intro)}</p><ul>{legend}</ul>
+<table><tr>{cells}</tr>{body}</table>{ship}
+<img alt="metrics chart" src="data:image/png;base64,{image}" width="1000">
 </body></html>
 """,
     )

@@ -1,7 +1,15 @@
-"""`dmforge eval RUN`: score base, fine-tuned and GGUF on held-out DM turns, and play a session.
+"""`dmforge eval RUN`: score the base, the fine-tuned model and its quantizations on held-out DM turns.
 
-Writes `<run>/eval/`: report.json, report.md, report.html with metrics.png, details.jsonl (one line
-per model and turn: prompt, gold, prediction, verdict) and the playtest transcript.
+Every column goes through llama.cpp of the app's vintage, prompted and sampled the way Cactus runs
+it (evaluation/runtime.py): the base from its own F16 GGUF (converted once per base and cached),
+the fine-tuned model from its F16 export, and the quantized files. They are decoded with the app's
+settings (`decode` in the config: samplers, repetition penalty, the tool-call grammar); the file that
+ships is also scored with plain greedy decoding beside them. Which file ships is decided here, by
+the rule in export/ship.py, from the files' measured intent match.
+
+Writes `<run>/eval/`: report.json, report.md, report.html with metrics.png, turns.jsonl (every scored
+turn's prompt and gold reply), details.jsonl (one line per column and turn: prediction, verdict),
+the columns in models/, and the playtest transcript.
 """
 
 from __future__ import annotations
@@ -14,48 +22,20 @@ from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, T
 
 from dmforge.config import DmforgeConfig, compose_system_prompt
 from dmforge.dataset.conversation import to_conversation
+from dmforge.dataset.window import window_start
 from dmforge.errors import DmforgeError
 from dmforge.evaluation import playtest as play
-from dmforge.evaluation.generate import EvalTurn, GGUFModel, HFModel, perplexity, reply_budget
-from dmforge.evaluation.metrics import aggregate, score_turn
+from dmforge.evaluation.columns import Column, cached, perplexity_samples, save_column, score_column
 from dmforge.evaluation.report import write_reports
+from dmforge.evaluation.runtime import GREEDY, Runtime
+from dmforge.evaluation.turns import eval_turns
+from dmforge.export.ship import by_size, measured_choice, passes, shipped
 from dmforge.files import newer_than, write_json, write_text
 from dmforge.scenarios import check_paths
 from dmforge.scenarios.model import Header
+from dmforge.tools.grammar import registry_grammar
 from dmforge.tools.registry import Registry
-from dmforge.training.chat import ChatFormat, build_samples, template_messages
-
-
-def eval_turns(conversations: list[dict], fmt: ChatFormat, max_turns: int | None) -> list[EvalTurn]:
-    """Every DM turn with its prompt; with `max_turns`, taken round-robin so every story contributes."""
-    per_conversation: list[list[EvalTurn]] = []
-    for c in conversations:
-        chat = template_messages(c["messages"], fmt)
-        turns = []
-        for i, m in enumerate(c["messages"]):
-            if m["role"] != "assistant":
-                continue
-            previous = c["messages"][i - 1]
-            turns.append(
-                EvalTurn(
-                    c["id"],
-                    i,
-                    chat[:i],
-                    m["content"],
-                    previous["content"] if previous["role"] == "tool" else None,
-                    c.get("party", []),
-                    c.get("location", ""),
-                )
-            )
-        per_conversation.append(turns)
-    chosen: list[EvalTurn] = []
-    depth = 0
-    while any(depth < len(t) for t in per_conversation) and (max_turns is None or len(chosen) < max_turns):
-        for turns in per_conversation:
-            if depth < len(turns) and (max_turns is None or len(chosen) < max_turns):
-                chosen.append(turns[depth])
-        depth += 1
-    return chosen
+from dmforge.training.chat import ChatFormat, build_samples, prompt_budget, template_messages
 
 
 def _latest_run(runs_root: Path) -> Path:
@@ -67,22 +47,25 @@ def _latest_run(runs_root: Path) -> Path:
     return runs[-1]
 
 
-MODEL_NAMES = ("base", "fine-tuned", "gguf")
+def _held_out(run_dir: Path, config: DmforgeConfig, registry: Registry, scenarios: Path | None):
+    if scenarios:
+        report = check_paths([scenarios], registry, config.data.max_file_bytes)
+        if report.errors:
+            raise DmforgeError(f"{scenarios} has {report.errors} error(s); run `dmforge data check {scenarios}`.")
+        return [to_conversation(s, config.data) for s in report.scenarios], str(scenarios)
+    lines = (run_dir / "dataset" / "validation.jsonl").read_text().splitlines()
+    return [json.loads(line) for line in lines], "the validation split"
 
 
-def _model_source(run_dir: Path, name: str) -> Path:
-    """The file whose change makes a model's cached column stale."""
-    return {"base": run_dir / "manifest.json", "fine-tuned": run_dir / "metrics.json"}.get(
-        name, run_dir / "gguf" / "export.json"
+def _progress(console: Console) -> Progress:
+    return Progress(
+        TextColumn("[bold]eval[/] {task.description}"),
+        BarColumn(),
+        MofNCompleteColumn(),
+        TextColumn("ETA"),
+        TimeRemainingColumn(),
+        console=console,
     )
-
-
-def _cached_column(path: Path, key: dict, source: Path) -> dict | None:
-    """A model's column from an earlier evaluation, when it scored the same turns of the same model."""
-    if not newer_than(path, source):
-        return None
-    column = json.loads(path.read_text())
-    return column if column.get("key") == key else None
 
 
 def evaluate_run(
@@ -92,151 +75,194 @@ def evaluate_run(
     console: Console,
     scenarios: Path | None = None,
     max_turns: int | None = None,
-    models: tuple[str, ...] = MODEL_NAMES,
-    reuse: bool = False,
-    playtest: bool = True,
+    reuse: bool = True,
 ) -> dict:
-    """Score `models` on held-out DM turns and write the reports; returns report.json's content.
-
-    Each model's column is kept in `eval/models/<name>.json`. With `reuse`, a column that scored the
-    same turns of an unchanged model is read back instead of generated again: this is how
-    ./train.sh scores base and fine-tuned before export and adds the GGUF column after it.
-    """
+    """Score the columns and choose the file that ships; returns report.json's content."""
     from transformers import AutoTokenizer
 
+    from dmforge.export.convert import base_gguf
+
     run_dir = run_dir or _latest_run(config.train.runs_root)
-    manifest_path = run_dir / "manifest.json"
+    manifest_path, export_path = run_dir / "manifest.json", run_dir / "gguf" / "export.json"
     if not manifest_path.is_file():
         raise DmforgeError(f"{run_dir} is not a finished run (no manifest.json). Train it first.", exit_code=2)
-    manifest = json.loads(manifest_path.read_text())
+    if not export_path.is_file():
+        raise DmforgeError(
+            f"{run_dir} has no GGUF files yet, and every column is scored through llama.cpp as the app runs it. "
+            f"Run `dmforge export {run_dir}` first.",
+            exit_code=2,
+        )
+    manifest, export = json.loads(manifest_path.read_text()), json.loads(export_path.read_text())
     fmt = ChatFormat(**manifest["chat_format"])
     tokenizer = AutoTokenizer.from_pretrained(run_dir / "merged")
-
-    if scenarios:
-        report = check_paths([scenarios], registry, config.data.max_file_bytes)
-        if report.errors:
-            raise DmforgeError(f"{scenarios} has {report.errors} error(s); run `dmforge data check {scenarios}`.")
-        conversations = [to_conversation(s, config.data) for s in report.scenarios]
-        source = str(scenarios)
-    else:
-        lines = (run_dir / "dataset" / "validation.jsonl").read_text().splitlines()
-        conversations = [json.loads(line) for line in lines]
-        source = "the validation split"
+    n_ctx = manifest.get("max_seq_len") or config.train.max_seq_len
+    decode = config.decode
+    conversations, source = _held_out(run_dir, config, registry, scenarios)
     if not conversations:
         raise DmforgeError("There are no held-out scenarios to evaluate on. Pass --scenarios DIR.", exit_code=2)
-    turns = eval_turns(conversations, fmt, max_turns)
-    # Perplexity over the stories the scored turns come from: the whole split would cost minutes per model.
+    turns = eval_turns(conversations, fmt, tokenizer, n_ctx, decode.n_predict, max_turns or config.eval.max_turns)
     scored = {t.conversation for t in turns}
-    samples = build_samples(
-        tokenizer,
-        fmt,
-        [c for c in conversations if c["id"] in scored],
-        manifest.get("max_seq_len") or config.train.max_seq_len,
+    samples = perplexity_samples(
+        build_samples(tokenizer, fmt, [c for c in conversations if c["id"] in scored], n_ctx, decode.n_predict)
     )
-
-    loaders: dict[str, object] = {
-        "base": lambda: HFModel(Path(manifest["base"]["path"]), tokenizer, fmt),
-        "fine-tuned": lambda: HFModel(run_dir / "merged", tokenizer, fmt),
-    }
-    export_path = run_dir / "gguf" / "export.json"
-    if export_path.is_file():
-        export = json.loads(export_path.read_text())
-        shipped = Path(export["files"][export["requested"][0]])
-        loaders["gguf"] = lambda: GGUFModel(shipped, n_ctx=(manifest.get("max_seq_len") or 1024) + 256)
-    elif "gguf" in models and models != MODEL_NAMES:
-        raise DmforgeError(f"{run_dir} has no GGUF yet. Run `dmforge export {run_dir}` first.", exit_code=2)
-    names = [n for n in MODEL_NAMES if n in models and n in loaders]
-
+    grammar = registry_grammar(registry, lazy=decode.grammar == "lazy")
+    files = {q: Path(p) for q, p in export["files"].items()}
     out = run_dir / "eval"
-    key = {"source": source, "turns": [[t.conversation, t.index] for t in turns]}
     columns: dict[str, dict] = {}
     reused: list[str] = []
-    if reuse:
-        for name in names:
-            column = _cached_column(out / "models" / f"{name}.json", key, _model_source(run_dir, name))
-            if column:
-                columns[name] = column
-                reused.append(name)
+    progress = _progress(console)
 
-    last_model = None
-    progress = Progress(
-        TextColumn("[bold]eval[/] {task.description}"),
-        BarColumn(),
-        MofNCompleteColumn(),
-        TextColumn("ETA"),
-        TimeRemainingColumn(),
-        console=console,
-    )
+    def run(column: Column, perplexity: bool = True) -> dict:
+        key = column.key(turns, source, n_ctx)
+        store = out / "models" / f"{column.name.replace(' ', '-')}.json"
+        result = cached(store, key, column.path) if reuse else None
+        if result is None and column.model == "base":  # the base's columns are shared by every run of it
+            result = cached(_base_cache(column.path, key), key, column.path) if reuse else None
+            if result is not None:
+                write_json(store, result)
+        if result is not None:
+            reused.append(column.name)
+        else:
+            task = progress.add_task(f"{column.name} ({column.label})", total=len(turns))
+            result = score_column(
+                column, turns, registry, n_ctx, samples if perplexity else [], on_reply=lambda: progress.advance(task)
+            )
+            result = save_column(store, key, result)
+            if column.model == "base":
+                write_json(_base_cache(column.path, key), result)
+        columns[column.name] = result
+        return result
+
     with progress:
-        for name in (n for n in names if n not in columns):
-            task = progress.add_task(name, total=len(turns) + 1)
-            model = loaders[name]()
-            verdicts, details = [], []
-            for turn in turns:
-                budget = reply_budget(len(tokenizer(turn.gold, add_special_tokens=False)["input_ids"]))
-                predicted = model.reply(turn.prompt, max_tokens=budget)
-                verdict = score_turn(
-                    predicted,
-                    turn.gold,
-                    registry,
-                    tool_results=turn.tool_results,
-                    party=turn.party,
-                    location=turn.location,
-                )
-                verdicts.append(verdict)
-                details.append(
-                    {
-                        "model": name,
-                        "conversation": turn.conversation,
-                        "turn": turn.index,
-                        "prompt": turn.prompt,
-                        "gold": turn.gold,
-                        "prediction": predicted,
-                        "verdict": verdict.to_json(),
-                    }
-                )
-                progress.advance(task)
-            metrics = aggregate(verdicts)
-            metrics["perplexity"] = perplexity(model, samples)
-            progress.advance(task)
-            columns[name] = {"key": key, "metrics": metrics, "details": details}
-            write_json(out / "models" / f"{name}.json", columns[name])
-            last_model = model
+        run(Column("base", "base", base_gguf(Path(manifest["base"]["path"])), decode, grammar))
+        f16 = run(Column("F16", "F16", files["F16"], decode, grammar))
+        ship = _choose_and_score_quants(run, files, f16["metrics"]["intent_match"], decode, grammar, config, export)
+        shipped_name = ship["quant"]
+        if config.eval.greedy_column:
+            greedy = run(Column(f"{shipped_name} greedy", shipped_name, files[shipped_name], GREEDY, None), False)
+            greedy["metrics"]["perplexity"] = columns[shipped_name]["metrics"]["perplexity"]
 
     report = {
         "title": f"{manifest['base']['spec']} → {run_dir.name}",
+        "run_dir": str(run_dir),
         "source": source,
         "turns": len(turns),
-        "models": {name: columns[name]["metrics"] for name in names},
+        "windowed_turns": sum(t.windowed for t in turns),
+        "n_ctx": n_ctx,
+        "models": {name: c["metrics"] for name, c in columns.items()},
+        "decoding": {name: c["decoding"] for name, c in columns.items()},
+        "ship": ship,
         "reused": reused,
     }
-    if playtest:
-        # The playtest plays the file the app will load when there is one.
-        label = names[-1]
-        saved = out / "playtest.json"
-        played = json.loads(saved.read_text()) if reuse and label in reused and saved.is_file() else None
-        if played is None or played.get("model") != label or not newer_than(saved, _model_source(run_dir, label)):
-            header = Header(
-                title="Playtest",
-                world=play.SETTING["world"],
-                location=play.SETTING["location"],
-                party=play.SETTING["party"],
-            )
-            model = loaders[label]() if label in reused else last_model  # scored just above otherwise
-            played = play.playtest(model, compose_system_prompt(config.data, header, None), registry)
-            played["model"] = label
-            write_json(saved, played)
-            write_text(out / "playtest.md", play.transcript_markdown(f"{label} model", played))
-            was_reused = False
-        else:
-            was_reused = True
-        report["playtest"] = {
-            "model": label,
-            "calls": played["calls"],
-            "valid_calls": played["valid_calls"],
-            "reused": was_reused,
-        }
-    lines = [json.dumps(d, ensure_ascii=False) for name in names for d in columns[name]["details"]]
-    write_text(out / "details.jsonl", "\n".join(lines) + "\n")
+    write_text(
+        out / "turns.jsonl",
+        "".join(
+            json.dumps({"conversation": t.conversation, "turn": t.index, "prompt": t.prompt, "gold": t.gold}) + "\n"
+            for t in turns
+        ),
+    )
+    write_text(
+        out / "details.jsonl",
+        "".join(json.dumps(d, ensure_ascii=False) + "\n" for c in columns.values() for d in c["details"]),
+    )
     write_reports(out, report)
     return report
+
+
+def _base_cache(base_file: Path, key: dict) -> Path:
+    import hashlib
+
+    from dmforge.models.resolve import cache_root
+
+    digest = hashlib.sha256(json.dumps([str(base_file), key], sort_keys=True).encode()).hexdigest()[:20]
+    return cache_root() / "eval" / f"base-{digest}.json"
+
+
+def _choose_and_score_quants(run, files, f16_intent, decode, grammar, config: DmforgeConfig, export: dict) -> dict:
+    """Score the quantized files smallest first and apply the shipping rule; the record of the choice.
+
+    Scoring stops at the first file that meets the rule (unless `eval.all_quants`): a larger file
+    cannot change the choice, and each column costs minutes on a laptop.
+    """
+    intents: dict[str, float | None] = {"F16": f16_intent}
+    rows = {row["quant"]: row for row in export.get("quantizations", [])}
+    max_drop = config.export.max_intent_drop
+    forced = config.deploy.quant or (None if config.export.ship == "measured" else config.export.ship)
+    sizes = {q: str(p) for q, p in files.items()}
+    for quant in [q for q in by_size(sizes) if q != "F16" and (q == forced or not forced or config.eval.all_quants)]:
+        intents[quant] = run(Column(quant, quant, files[quant], decode, grammar))["metrics"]["intent_match"]
+        if not (forced or config.eval.all_quants) and passes(intents[quant], f16_intent, max_drop):
+            break
+    if forced:
+        quant, reason = forced, f"{forced} was asked for (`deploy.quant`, `export.ship` or --quant)"
+    else:
+        quant, reason = measured_choice(sizes, intents, max_drop)
+    table = []
+    for q in by_size(sizes):
+        row = rows.get(q, {})
+        table.append(
+            {
+                "quant": q,
+                "bytes": files[q].stat().st_size,
+                "fallback_share": row.get("fallback_share"),
+                "kl_vs_f16": row.get("kl_vs_f16"),
+                "intent_match": intents.get(q),
+                "intent_delta_vs_f16": None
+                if intents.get(q) is None or intents["F16"] is None
+                else intents[q] - intents["F16"],
+                "evaluated": q in intents,
+            }
+        )
+    return {"quant": quant, "reason": reason, "max_intent_drop": max_drop, "candidates": table}
+
+
+def run_playtest(run_dir: Path, config: DmforgeConfig, registry: Registry, reuse: bool = True) -> dict:
+    """The scripted session with the file that ships, reused while that file and the settings are unchanged.
+
+    Adds its summary to report.json and returns it.
+    """
+    manifest = json.loads((run_dir / "manifest.json").read_text())
+    export = json.loads((run_dir / "gguf" / "export.json").read_text())
+    report_path = run_dir / "eval" / "report.json"
+    report = json.loads(report_path.read_text()) if report_path.is_file() else None
+    path = shipped(export, report, config.deploy.quant).path
+    fmt = ChatFormat(**manifest["chat_format"])
+    n_ctx = manifest.get("max_seq_len") or config.train.max_seq_len
+    decode = config.decode
+    saved = run_dir / "eval" / "playtest.json"
+    settings = {"file": path.name, "decode": decode.model_dump(), "n_ctx": n_ctx, "script": play.SCRIPT}
+    played = json.loads(saved.read_text()) if reuse and newer_than(saved, path) else None
+    reused = played is not None and played.get("settings") == settings
+    if not reused:
+        runtime = Runtime(path, n_ctx)
+        budget = prompt_budget(fmt, n_ctx, decode.n_predict)
+
+        def app_window(messages: list[dict]) -> list[dict]:
+            chat = template_messages(messages, fmt)
+            costs = [runtime.count(m["content"]) + fmt.framing.get(m["role"], 0) for m in chat]
+            start = window_start([m["role"] for m in messages], costs, budget)
+            return [chat[0], *chat[start:]]
+
+        system = compose_system_prompt(config.data, Header(title="Playtest", **play.SETTING), None)
+        grammar = registry_grammar(registry, lazy=decode.grammar == "lazy")
+        played = play.playtest(runtime, system, registry, decode, grammar, window=app_window)
+        played["settings"] = settings
+        write_json(saved, played)
+        write_text(run_dir / "eval" / "playtest.md", play.transcript_markdown(path.name, played))
+    summary = _playtest_summary(played, reused)
+    if report is not None:
+        report["playtest"] = summary
+        write_reports(run_dir / "eval", report)
+    return summary
+
+
+def _playtest_summary(played: dict, reused: bool) -> dict:
+    return {
+        "file": played["settings"]["file"],
+        "calls": played["calls"],
+        "valid_calls": played["valid_calls"],
+        "dm_replies": played["dm_replies"],
+        "loops": played["loops"],
+        "windowed_replies": played["windowed_replies"],
+        "reused": reused,
+    }

@@ -99,3 +99,25 @@ def convert_to_gguf(model_dir: Path, out: Path, *, fix_traps: bool = True) -> Pa
         raise DmforgeError(f"Converting {model_dir} to GGUF failed ({last}). " + (reason or "See the log above."))
     partial.replace(out)
     return out
+
+
+def base_gguf(base_dir: Path) -> Path:
+    """The base model itself as an F16 GGUF, converted once per base and kept in the dmforge cache.
+
+    The evaluation scores the base through llama.cpp like every other column, so that base, fine-tuned
+    and shipped files differ only in their weights. The cache key covers the folder's files (name, size,
+    modification time), so a changed base is converted again.
+    """
+    import hashlib
+
+    from dmforge.models.resolve import cache_root
+
+    base_dir = base_dir.resolve()
+    digest = hashlib.sha256(str(base_dir).encode())
+    for item in sorted(base_dir.iterdir()):
+        stat = item.stat()
+        digest.update(f"{item.name}\0{stat.st_size}\0{stat.st_mtime_ns}\n".encode())
+    out = cache_root() / "gguf" / digest.hexdigest()[:16] / "base-f16.gguf"
+    if not out.is_file():
+        convert_to_gguf(base_dir, out)
+    return out

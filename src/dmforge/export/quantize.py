@@ -17,9 +17,12 @@ from pathlib import Path
 from dmforge.errors import DmforgeError
 
 # Name → llama.cpp's file type. F16 is the converter's output itself.
-QUANT_TYPES = {"F16": 1, "Q8_0": 7, "Q6_K": 18, "Q5_K_M": 17, "Q4_K_M": 15, "Q4_0": 2}
-# The tensor type each file type is mostly made of, to count the tensors that fell back to another.
-_MAIN_TENSOR_TYPE = {"F16": "F16", "Q8_0": "Q8_0", "Q6_K": "Q6_K", "Q5_K_M": "Q5_K", "Q4_K_M": "Q4_K", "Q4_0": "Q4_0"}
+QUANT_TYPES = {"F16": 1, "Q8_0": 7, "Q6_K": 18, "Q5_K_M": 17, "Q5_0": 8, "Q4_K_M": 15, "Q4_0": 2}
+# The row width each type's blocks need: K-quants pack 256 weights per block, the older types 32. A
+# matrix whose rows are not a multiple falls back to another type (llama.cpp picks Q5_0, Q5_1 or Q8_0).
+BLOCK_WIDTH = {"F16": 1, "Q8_0": 32, "Q6_K": 256, "Q5_K_M": 256, "Q5_0": 32, "Q4_K_M": 256, "Q4_0": 32}
+# Always exported: the reference, the safe choice for tiny models, and the usual phone default.
+ALWAYS = ("F16", "Q8_0", "Q4_K_M")
 
 
 @contextmanager
@@ -68,10 +71,27 @@ def tensor_types(gguf: Path) -> Counter:
     return Counter(t.tensor_type.name for t in GGUFReader(gguf).tensors)
 
 
-def fallback_share(gguf: Path, quant: str) -> tuple[int, int]:
-    """(tensors of another type than the quant's main one, all 2-D tensors) — 1-D norms never count."""
+def _row_widths(gguf: Path) -> list[int]:
+    """The row width (llama.cpp's ne0) of every weight matrix in the file; 1-D norms never quantize."""
     from gguf import GGUFReader
 
-    matrices = [t for t in GGUFReader(gguf).tensors if len(t.shape) > 1]
-    other = sum(t.tensor_type.name != _MAIN_TENSOR_TYPE[quant] for t in matrices)
-    return other, len(matrices)
+    return [int(t.shape[0]) for t in GGUFReader(gguf).tensors if len(t.shape) > 1]
+
+
+def fallback_share(gguf: Path, quant: str) -> tuple[int, int]:
+    """(weight matrices that cannot take `quant`'s blocks, all weight matrices) for the model in `gguf`.
+
+    Counted from the model's shapes, so it is the same for the F16 file and its quantizations: the
+    types a mix chooses on purpose (Q4_K_M keeps some matrices at Q6_K) are not fallbacks.
+    """
+    widths = _row_widths(gguf)
+    return sum(w % BLOCK_WIDTH[quant] != 0 for w in widths), len(widths)
+
+
+def export_types(f16: Path, requested: list[str]) -> list[str]:
+    """What to write: the requested types, the ones always made, and every other type the model's widths
+    take without fallback (so the measured choice of what ships has every clean candidate)."""
+    widths = _row_widths(f16)
+    clean = [q for q in QUANT_TYPES if all(w % BLOCK_WIDTH[q] == 0 for w in widths)]
+    wanted = [*ALWAYS, *requested, *clean]
+    return [q for q in QUANT_TYPES if q in wanted]

@@ -1,8 +1,10 @@
-"""`dmforge export RUN`: merged model → F16 GGUF → requested quantizations, each verified.
+"""`dmforge export RUN`: merged model → F16 GGUF → quantizations, each verified.
 
-Writes `<run>/gguf/dungeon-master-<quant>.gguf` and `<run>/gguf/export.json` (`passed`, one entry
-per check with its figures, the quantization comparison and a sample DM reply generated through
-llama-cpp-python with the embedded chat template, as Cactus runs it).
+The types written are F16, Q8_0 and Q4_K_M, any requested ones, and every other type the model's
+widths take without fallback, so that the evaluation can choose what ships by measurement
+(export/ship.py). Writes `<run>/gguf/dungeon-master-<quant>.gguf` and `<run>/gguf/export.json`
+(`passed`, one entry per check with its figures, the quantization comparison and a sample DM reply
+generated through llama-cpp-python with the embedded chat template, as Cactus runs it).
 """
 
 from __future__ import annotations
@@ -15,7 +17,7 @@ from pathlib import Path
 from dmforge.errors import DmforgeError
 from dmforge.export import verify
 from dmforge.export.convert import convert_to_gguf
-from dmforge.export.quantize import QUANT_TYPES, fallback_share, quantize
+from dmforge.export.quantize import QUANT_TYPES, export_types, fallback_share, quantize
 from dmforge.files import write_json
 from dmforge.training.chat import ChatFormat, template_messages
 
@@ -84,10 +86,11 @@ def export_run(
             console.print(text)
 
     if announce:
-        announce("export", f"GGUF {', '.join(quants)} with llama.cpp's converter (F16 first)")
+        announce("export", "GGUF with llama.cpp's converter (F16), then every type the model takes cleanly")
     say("converting the merged model to GGUF (F16) with llama.cpp's converter…")
     files = {"F16": convert_to_gguf(merged, out / gguf_name("F16"))}
-    for quant in quants:
+    types = export_types(files["F16"], quants)
+    for quant in types:
         if quant != "F16":
             say(f"quantizing to {quant}…")
             files[quant] = quantize(files["F16"], out / gguf_name(quant), quant)
@@ -102,7 +105,7 @@ def export_run(
     comparison: list[dict] = []
     f16_llm = None
     sample = None
-    for quant in ["F16", *[q for q in quants if q != "F16"]]:
+    for quant in types:
         path = files[quant]
         say(f"verifying {path.name} in llama.cpp…")
         meta = verify.gguf_metadata(path)
@@ -123,27 +126,27 @@ def export_run(
                 results.append(verify.check_logits(llm, model, tokenizer, prompts))
                 f16_llm = llm
         checks += [{"file": path.name, "quant": quant, **c.to_json()} for c in results]
-        row = {"quant": quant, "file": path.name, "bytes": path.stat().st_size}
+        other, total = fallback_share(files["F16"], quant)
+        row = {
+            "quant": quant,
+            "file": path.name,
+            "bytes": path.stat().st_size,
+            "fallback_tensors": f"{other}/{total}",
+            "fallback_share": other / max(total, 1),
+        }
         if quant != "F16" and llm is not None and f16_llm is not None:
             row.update(verify.quant_quality(llm, f16_llm, tokenizer, prompts))
-            other, total = fallback_share(path, quant)
-            row["fallback_tensors"] = f"{other}/{total}"
-            row["fallback_share"] = other / max(total, 1)
         comparison.append(row)
-        if llm is not None and (quant == quants[0] or sample is None):
+        if llm is not None and sample is None:
             sample = {"file": path.name, "reply": sample_reply(llm, conversations[0])}
 
-    warnings = []
-    for row in comparison:
-        if row["quant"] in ("Q4_K_M", "Q4_0") and (
-            row.get("fallback_share", 0) > 0.25 or row.get("kl_vs_f16", 0) > 0.02
-        ):
-            warnings.append(
-                f"{row['quant']} is a poor fit for this model: {row.get('fallback_tensors')} weight matrices fell "
-                f"back to other types (widths not multiples of 256) and KL vs F16 is {row.get('kl_vs_f16', 0):.3f}. "
-                "Q8_0 keeps the model's behaviour at about twice the size; for a model this small it is the "
-                "better choice (`--quant Q8_0`)."
-            )
+    warnings = [
+        f"{row['quant']} does not fit this model: {row['fallback_tensors']} weight matrices have widths that are not "
+        f"a multiple of its block, so they fell back to other types (KL vs F16 {row.get('kl_vs_f16', 0):.3f}). "
+        "The evaluation measures every file and ships the smallest that keeps the model's behaviour."
+        for row in comparison
+        if row["fallback_share"] > 0.25
+    ]
     passed = all(c["passed"] for c in checks)
     report = {
         "passed": passed,
@@ -155,6 +158,7 @@ def export_run(
         "chat_format": manifest["chat_format"],
         "max_seq_len": manifest.get("max_seq_len"),
         "requested": quants,
+        "types": types,
         "max_size_gb": max_size_gb,
     }
     write_json(out / "export.json", report)

@@ -1,0 +1,164 @@
+"""Many replies at once: llama.cpp's multi-sequence batches, one sequence per conversation.
+
+Scoring a validation split means hundreds of independent replies. Decoding them one at a time
+reads every weight from memory once per token; decoding several sequences in one batch reads them
+once per step for all of them, which on a laptop CPU is most of the cost. Each sequence carries one
+conversation from turn to turn and keeps its prompt in the KV cache, so a turn costs only the tokens
+that are new since the last one (the gold reply and the messages after it).
+
+Every reply is made exactly as `Runtime.reply` makes it: the same prompt, the same sampler chain
+with the same seed, the prompt's tokens in the repetition windows. Batched matrix products round
+differently from single ones, so a near-tie can rarely resolve the other way.
+"""
+
+from __future__ import annotations
+
+from collections import deque
+from collections.abc import Callable
+from dataclasses import dataclass, field
+
+from dmforge.config import DecodeConfig
+from dmforge.errors import DmforgeError
+from dmforge.evaluation.metrics import loops
+from dmforge.evaluation.runtime import Reply, Runtime, physical_cores
+
+CHUNK = 512  # prompt tokens per llama_decode call
+
+
+@dataclass
+class _Slot:
+    seq: int
+    conversation: int = -1
+    turn: int = 0
+    kv: list[int] = field(default_factory=list)  # the tokens whose keys and values this sequence holds
+    chain: object = None
+    out: list[int] = field(default_factory=list)
+    limit: int = 0
+    pending: int | None = None  # sampled, not yet decoded
+    idle: bool = True  # between turns: its next prompt is loaded once no step's logits are pending
+
+
+def parallel_for(runtime: Runtime, cap: int = 4) -> int:
+    """How many sequences to decode together: up to `cap`, within about 1 GB of KV cache."""
+    meta = runtime.meta
+    arch = meta.get("general.architecture", "llama")
+    layers = int(meta.get(f"{arch}.block_count", 32))
+    heads = int(meta.get(f"{arch}.attention.head_count_kv", meta.get(f"{arch}.attention.head_count", 8)))
+    width = int(meta.get(f"{arch}.embedding_length", 2048)) // int(meta.get(f"{arch}.attention.head_count", 8))
+    per_token = layers * 2 * heads * width * 2  # keys and values in F16
+    return max(1, min(cap, (1 << 30) // max(1, per_token * runtime.n_ctx)))
+
+
+def batch_replies(
+    runtime: Runtime,
+    conversations: list[list[list[dict]]],
+    decode: DecodeConfig,
+    grammar: str | None = None,
+    parallel: int | None = None,
+    on_reply: Callable[[], None] | None = None,
+) -> list[list[Reply]]:
+    """Replies to every prompt of every conversation; a conversation's prompts are taken in order.
+
+    `conversations[c][t]` is the message list (system first) before the t-th scored turn of
+    conversation c; each usually extends the one before, which is what the KV cache reuses.
+    """
+    import llama_cpp as lc
+
+    parallel = parallel or parallel_for(runtime)
+    params = lc.llama_context_default_params()
+    params.n_ctx = runtime.n_ctx * parallel
+    params.n_batch = params.n_ubatch = CHUNK
+    params.n_seq_max = parallel
+    params.n_threads = params.n_threads_batch = physical_cores()
+    ctx = lc.llama_init_from_model(runtime.llm.model, params)
+    if not ctx:
+        raise DmforgeError(f"llama.cpp could not make a context of {params.n_ctx} tokens for {runtime.path.name}.")
+    batch = lc.llama_batch_init(max(CHUNK, parallel), 0, 1)
+    results: list[list[Reply | None]] = [[None] * len(c) for c in conversations]
+    queue = deque(i for i, c in enumerate(conversations) if c)
+    slots = [_Slot(seq) for seq in range(parallel)]
+
+    def submit(entries: list[tuple[int, int, int, bool]]) -> None:
+        for i, (token, pos, seq, logits) in enumerate(entries):
+            batch.token[i], batch.pos[i], batch.n_seq_id[i] = token, pos, 1
+            batch.seq_id[i][0], batch.logits[i] = seq, logits
+        batch.n_tokens = len(entries)
+        if lc.llama_decode(ctx, batch) != 0:
+            raise DmforgeError("llama.cpp could not decode a batch (its KV cache is full); lower the parallelism.")
+
+    def sample(slot: _Slot, index: int) -> None:
+        token = lc.llama_sampler_sample(slot.chain, ctx, index)
+        stop = None
+        if lc.llama_vocab_is_eog(runtime.vocab, token):
+            stop = "end"
+        else:
+            slot.out.append(token)
+            if len(slot.out) % 4 == 0 and loops(runtime._text(slot.out)):
+                stop = "loop"
+            elif len(slot.out) >= slot.limit:
+                stop = "length"
+        if stop is None:
+            slot.pending = token
+            return
+        results[slot.conversation][slot.turn] = Reply(runtime._text(slot.out).strip(), len(slot.out), stop)
+        if on_reply:
+            on_reply()
+        lc.llama_sampler_free(slot.chain)
+        slot.chain, slot.pending, slot.idle = None, None, True
+        slot.turn += 1
+
+    def has_work(slot: _Slot) -> bool:
+        return bool(queue) or (slot.conversation >= 0 and slot.turn < len(conversations[slot.conversation]))
+
+    def start(slot: _Slot) -> None:
+        """Load the slot's next prompt (or the next conversation's first) and sample its first token.
+
+        Called only between steps: loading a prompt overwrites the logits a step left for the others.
+        """
+        if slot.conversation < 0 or slot.turn >= len(conversations[slot.conversation]):
+            slot.conversation, slot.turn = queue.popleft(), 0
+        slot.idle = False
+        ids = runtime.prompt_ids(conversations[slot.conversation][slot.turn])
+        if len(ids) >= runtime.n_ctx:
+            raise DmforgeError(f"A prompt of {len(ids)} tokens does not fit the context of {runtime.n_ctx}.")
+        keep = 0
+        for a, b in zip(slot.kv, ids[:-1], strict=False):
+            if a != b:
+                break
+            keep += 1
+        lc.llama_kv_cache_seq_rm(ctx, slot.seq, keep, -1)
+        todo = ids[keep:]
+        for begin in range(0, len(todo), CHUNK):
+            piece = todo[begin : begin + CHUNK]
+            last = begin + len(piece) == len(todo)
+            submit([(t, keep + begin + i, slot.seq, last and i == len(piece) - 1) for i, t in enumerate(piece)])
+        slot.kv = list(ids)
+        slot.chain, history = runtime._chain(decode, grammar)
+        for index in history:
+            sampler = lc.llama_sampler_chain_get(slot.chain, index)
+            for token in ids:
+                lc.llama_sampler_accept(sampler, token)
+        slot.out, slot.limit = [], min(decode.n_predict, runtime.n_ctx - len(ids) - 1)
+        sample(slot, len(todo) - 1 - (len(todo) - 1) // CHUNK * CHUNK)
+
+    try:
+        while True:
+            for slot in slots:
+                while slot.idle and has_work(slot):
+                    start(slot)
+            active = [s for s in slots if s.pending is not None]
+            if not active:
+                break
+            submit([(s.pending, len(s.kv), s.seq, True) for s in active])
+            for s in active:
+                s.kv.append(s.pending)
+                s.pending = None
+            for index, s in enumerate(active):
+                sample(s, index)
+    finally:
+        for slot in slots:
+            if slot.chain is not None:
+                lc.llama_sampler_free(slot.chain)
+        lc.llama_batch_free(batch)
+        lc.llama_free(ctx)
+    return [[r for r in conversation if r is not None] for conversation in results]

@@ -1,0 +1,132 @@
+"""One column of the evaluation: one GGUF file, decoded one way, scored on every held-out turn.
+
+A column is a model file (the base's own F16 GGUF, the fine-tuned F16 export or one of its
+quantizations) and a decoding (the app's settings, with or without the tool-call grammar, or plain
+greedy). Its result is kept in a JSON file keyed by exactly what went into it (turns, prompts'
+context, decoding, grammar), and read back instead of recomputed while that key holds and the
+file is not newer than the result.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from dataclasses import dataclass
+from pathlib import Path
+
+from dmforge.config import DecodeConfig
+from dmforge.evaluation.batch import batch_replies
+from dmforge.evaluation.metrics import aggregate, score_turn
+from dmforge.evaluation.runtime import Runtime, perplexity
+from dmforge.evaluation.turns import EvalTurn, by_conversation
+from dmforge.files import newer_than, write_json
+from dmforge.tools.registry import Registry
+from dmforge.training.chat import Sample
+
+PERPLEXITY_TOKENS = 8000  # tokens of held-out conversations the perplexity is measured on
+
+
+@dataclass
+class Column:
+    name: str  # "base", "F16", "Q8_0", "Q8_0 greedy", ...
+    model: str  # "base" or the quantization
+    path: Path
+    decode: DecodeConfig
+    grammar: str | None  # the tool-call grammar, when the decoding uses it
+
+    @property
+    def label(self) -> str:
+        """How the column decodes, in words, for the reports."""
+        d = self.decode
+        if d.temperature == 0 and d.penalty_repeat == 1.0 and d.dry_multiplier == 0 and not self.uses_grammar:
+            return "greedy"
+        parts = ["greedy" if d.temperature == 0 else f"temperature {d.temperature:g}"]
+        if d.penalty_repeat != 1.0:
+            parts.append(f"repeat penalty {d.penalty_repeat:g} over {d.penalty_last_n}")
+        if d.dry_multiplier:
+            parts.append(f"DRY {d.dry_multiplier:g}")
+        parts.append(f"{d.grammar} grammar" if self.uses_grammar else "no grammar")
+        return ", ".join(parts)
+
+    @property
+    def uses_grammar(self) -> bool:
+        return bool(self.grammar) and self.decode.grammar != "off"
+
+    def key(self, turns: list[EvalTurn], source: str, n_ctx: int) -> dict:
+        grammar = hashlib.sha256(self.grammar.encode()).hexdigest()[:16] if self.uses_grammar else None
+        return {
+            "source": source,
+            "n_ctx": n_ctx,
+            "turns": [[t.conversation, t.index] for t in turns],
+            "decode": self.decode.model_dump(),
+            "grammar": grammar,
+            "file": self.path.name,
+        }
+
+
+def perplexity_samples(samples: list[Sample]) -> list[Sample]:
+    """The first held-out samples up to PERPLEXITY_TOKENS: the same ones for every model."""
+    chosen, total = [], 0
+    for sample in samples:
+        if chosen and total + len(sample.input_ids) > PERPLEXITY_TOKENS:
+            break
+        chosen.append(sample)
+        total += len(sample.input_ids)
+    return chosen
+
+
+def cached(path: Path, key: dict, source_file: Path) -> dict | None:
+    if not newer_than(path, source_file):
+        return None
+    column = json.loads(path.read_text())
+    return column if column.get("key") == key else None
+
+
+def score_column(
+    column: Column,
+    turns: list[EvalTurn],
+    registry: Registry,
+    n_ctx: int,
+    samples: list[Sample],
+    on_reply=None,
+) -> dict:
+    """Generate every turn's reply with the column's file and decoding, score it, and measure perplexity."""
+    runtime = Runtime(column.path, n_ctx)
+    groups = by_conversation(turns)
+    prompts = [[t.prompt for t in group] for group in groups]
+    replies = batch_replies(runtime, prompts, column.decode, column.grammar, on_reply=on_reply)
+    verdicts, details = [], []
+    for group, answers in zip(groups, replies, strict=True):
+        for turn, reply in zip(group, answers, strict=True):
+            verdict = score_turn(
+                reply.text,
+                turn.gold,
+                registry,
+                tool_results=turn.tool_results,
+                party=turn.party,
+                location=turn.location,
+                hit_limit=reply.hit_limit,
+            )
+            verdicts.append(verdict)
+            details.append(
+                {
+                    "column": column.name,
+                    "conversation": turn.conversation,
+                    "turn": turn.index,
+                    "gold": turn.gold,
+                    "prediction": reply.text,
+                    "tokens": reply.tokens,
+                    "stop": reply.stop,
+                    "verdict": verdict.to_json(),
+                }
+            )
+    metrics = aggregate(verdicts)
+    metrics["perplexity"] = perplexity(runtime, samples) if samples else None
+    metrics["mean_reply_tokens"] = sum(d["tokens"] for d in details) / max(1, len(details))
+    return {"metrics": metrics, "details": details, "decoding": column.label, "file": str(column.path)}
+
+
+def save_column(path: Path, key: dict, result: dict) -> dict:
+    result = {"key": key, **result}
+    write_json(path, result)
+    return result
