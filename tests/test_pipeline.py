@@ -106,10 +106,10 @@ def test_an_export_is_reused_only_when_it_passed_for_the_same_request_and_its_fi
     gguf = run / "gguf" / "dungeon-master-q4_k_m.gguf"
     gguf.parent.mkdir()
     gguf.write_bytes(b"GGUF")
-    export = {"passed": True, "requested": ["Q4_K_M"], "max_size_gb": 2.0, "files": {"Q4_K_M": str(gguf)}}
+    export = {"passed": True, "requested": [], "max_size_gb": 2.0, "files": {"Q4_K_M": str(gguf)}}
     write_json(run / "gguf" / "export.json", export)
     assert _exported(run, config) == export
-    assert _exported(run, DmforgeConfig(train={"runs_root": tmp_path}, export={"quants": ["Q8_0"]})) is None
+    assert _exported(run, DmforgeConfig(train={"runs_root": tmp_path}, export={"quants": ["Q6_K"]})) is None
     write_json(run / "gguf" / "export.json", export | {"passed": False})
     assert _exported(run, config) is None
     write_json(run / "gguf" / "export.json", export)
@@ -151,12 +151,17 @@ def test_a_user_error_keeps_its_fix_and_gains_the_stage(tmp_path: Path):
     assert caught.value.exit_code == 2
 
 
-def test_the_summary_shows_where_things_are_the_app_values_and_three_columns(tmp_path: Path):
+def test_the_summary_shows_where_things_are_the_app_values_and_the_columns(tmp_path: Path):
     metrics = {"call_decision_accuracy": 0.75, "exact_call_match": 0.5, "perplexity": 9.25}
     result = PipelineResult(
         run_dir=tmp_path / "runs" / "smollm2-135m",
-        gguf=tmp_path / "runs" / "smollm2-135m" / "gguf" / "dungeon-master-q4_k_m.gguf",
-        report={"turns": 40, "models": {"base": metrics, "fine-tuned": metrics, "gguf": metrics}},
+        gguf=tmp_path / "runs" / "smollm2-135m" / "gguf" / "dungeon-master-q8_0.gguf",
+        report={
+            "turns": 40,
+            "models": {"base": metrics, "F16": metrics, "Q8_0": metrics, "Q8_0 greedy": metrics},
+            "decoding": {"F16": "greedy, repeat penalty 1.1 over 64, full grammar"},
+            "ship": {"quant": "Q8_0", "reason": "the smallest file ..."},
+        },
         deployed={
             "path": "app/assets/models/dungeon-master.gguf",
             "config_ts": "app/src/dmforge/dungeonMasterModel.ts",
@@ -170,9 +175,10 @@ def test_the_summary_shows_where_things_are_the_app_values_and_three_columns(tmp
     text = Text.from_markup(summary(result)).plain
     assert "Done in 25.0 min (train 20.0 min)" in text
     assert "modelPath       'assets/models/dungeon-master.gguf'" in text
-    assert "dungeon-master-q4_k_m.gguf" in text and "report.html" in text and "playtest.md" in text
+    assert "dungeon-master-q8_0.gguf" in text and "report.html" in text and "playtest.md" in text
+    assert "Q8_0 ships" in text and "full grammar" in text
     row = next(line for line in text.splitlines() if "exact call match" in line)
-    assert row.split()[-3:] == ["0.500", "0.500", "0.500"]
+    assert row.split()[-4:] == ["0.500", "0.500", "0.500", "0.500"]
 
 
 def test_train_sh_stops_at_check_with_the_command_that_lists_the_errors(tmp_path: Path):
@@ -204,24 +210,25 @@ def test_train_sh_quant_option_is_validated_before_anything_runs(tmp_path: Path)
         timeout=120,
     )
     assert result.returncode == 1
-    assert "export.quants" in result.stderr and "'Q8_0'" in result.stderr and "Traceback" not in result.stderr
+    assert "deploy.quant" in result.stderr and "'Q8_0'" in result.stderr and "Traceback" not in result.stderr
     assert "[1/9] check" not in result.stdout
 
 
 def test_an_evaluation_column_is_reused_only_for_the_same_turns_of_an_unchanged_model(tmp_path: Path):
-    from dmforge.evaluation.run import _cached_column
+    from dmforge.evaluation.columns import cached
 
     key = {"source": "the validation split", "turns": [["goblin-ambush", 3], ["the-fine-print", 1]]}
-    model = tmp_path / "metrics.json"
+    model = tmp_path / "dungeon-master-f16.gguf"
     model.write_text("{}")
-    column = tmp_path / "eval" / "models" / "fine-tuned.json"
+    column = tmp_path / "eval" / "models" / "F16.json"
     write_json(column, {"key": key, "metrics": {"call_f1": 0.4}, "details": []})
     later = model.stat().st_mtime + 5
     os.utime(column, (later, later))
 
-    assert _cached_column(column, key, model)["metrics"] == {"call_f1": 0.4}
-    assert _cached_column(column, key | {"turns": key["turns"][:1]}, model) is None, "other turns"
-    assert _cached_column(column, key | {"source": "held-out/"}, model) is None, "another scenario folder"
-    os.utime(model, (later + 5, later + 5))  # retrained after the column was scored
-    assert _cached_column(column, key, model) is None
-    assert _cached_column(tmp_path / "missing.json", key, model) is None
+    assert cached(column, key, model)["metrics"] == {"call_f1": 0.4}
+    assert cached(column, key | {"turns": key["turns"][:1]}, model) is None, "other turns"
+    assert cached(column, key | {"source": "held-out/"}, model) is None, "another scenario folder"
+    assert cached(column, key | {"decode": {"temperature": 0.7}}, model) is None, "other decoding"
+    os.utime(model, (later + 5, later + 5))  # exported again after the column was scored
+    assert cached(column, key, model) is None
+    assert cached(tmp_path / "missing.json", key, model) is None

@@ -55,6 +55,13 @@ def _root(
     pass
 
 
+def _run_config(run: Path | None, config_file: Path | None, overrides: dict | None = None) -> DmforgeConfig:
+    """A run's own resolved config (its config.yaml), unless --config names another: evaluation and deploy
+    then use the decoding and data settings the run was trained with."""
+    saved = run / "config.yaml" if run else None
+    return load_config(config_file or (saved if saved and saved.is_file() else None), overrides)
+
+
 def _registry(config: DmforgeConfig):
     try:
         return load_registry(config.data.tool_registry)
@@ -300,7 +307,12 @@ def _short(value) -> str:
 def export_command(
     run: Annotated[Path, typer.Argument(help="The run folder (runs/<id>) with a merged model.")],
     quant: Annotated[
-        list[str] | None, typer.Option("--quant", help="Q4_K_M (default), Q8_0, Q6_K, Q5_K_M, Q4_0 or F16; repeatable.")
+        list[str] | None,
+        typer.Option(
+            "--quant",
+            help="Also write this type (Q6_K, Q5_K_M...); F16, Q8_0, Q4_K_M and every type that fits the model's "
+            "widths are always written. Repeatable.",
+        ),
     ] = None,
     max_size_gb: Annotated[float | None, typer.Option(help="Size budget per file, in GB.")] = None,
     as_json: Annotated[bool, typer.Option("--json", help="Print the verification report as JSON.")] = False,
@@ -321,20 +333,29 @@ def export_command(
 
 
 def _print_eval(report: dict) -> None:
-    from dmforge.evaluation.report import _headers, table_rows
+    from dmforge.evaluation.report import table_rows
 
     table = Table(
-        title=f"evaluation on {report['turns']} held-out DM turns ({report['source']})",
+        title=f"evaluation on {report['turns']} held-out DM turns ({report['source']}), through llama.cpp",
         title_justify="left",
         header_style="bold",
     )
-    for header in _headers(report["models"]):
-        table.add_column(header, justify="left" if header == "metric" else "right")
-    for row in table_rows(report["models"]):
+    headers, rows = table_rows(report)
+    for header in headers:
+        table.add_column(escape(header), justify="left" if header == "metric" else "right")
+    for row in rows:
         table.add_row(*row)
     console.print(table)
-    p = report["playtest"]
-    console.print(f"playtest ({p['model']}): {p['calls']} tool calls, {p['valid_calls']} executed")
+    for name, label in report["decoding"].items():
+        console.print(f"  {escape(name)}: {escape(label)}")
+    ship = report["ship"]
+    console.print(f"[bold]ships {escape(ship['quant'])}[/]: {escape(ship['reason'])}")
+    p = report.get("playtest")
+    if p:
+        console.print(
+            f"playtest ({escape(p['file'])}): {p['dm_replies']} DM replies, {p['calls']} tool calls "
+            f"({p['valid_calls']} executed), {p['loops']} loops"
+        )
 
 
 @app.command("eval")
@@ -348,9 +369,9 @@ def eval_command(
     config_file: ConfigOption = None,
 ) -> None:
     """Score base, fine-tuned and GGUF models on held-out DM turns; write report.md/.html/.json and a playtest."""
-    from dmforge.evaluation.run import evaluate_run
+    from dmforge.evaluation.run import evaluate_run, run_playtest
 
-    config = load_config(config_file, {"eval": {"max_turns": max_turns}})
+    config = _run_config(run, config_file, {"eval": {"max_turns": max_turns}})
     report = evaluate_run(
         run,
         config,
@@ -359,6 +380,8 @@ def eval_command(
         scenarios,
         config.eval.max_turns,
     )
+    if not scenarios:  # the playtest belongs to the run; scoring other scenarios does not replay it
+        report["playtest"] = run_playtest(run or Path(report["run_dir"]), config, _registry(config))
     if as_json:
         sys.stdout.write(json.dumps(report, indent=2) + "\n")
     else:
@@ -369,14 +392,16 @@ def eval_command(
 def deploy_command(
     app_dir: Annotated[Path, typer.Option("--app", help="The React Native app's root folder.")],
     run: Annotated[Path, typer.Argument(help="The run folder whose verified GGUF to deploy.")],
-    quant: Annotated[str | None, typer.Option(help="Which exported file (default: the first exported).")] = None,
+    quant: Annotated[
+        str | None, typer.Option(help="Deploy this exported file instead of the one the evaluation chose.")
+    ] = None,
     config_file: ConfigOption = None,
 ) -> None:
-    """Copy the verified GGUF into <app>/assets/models/ and write the config values for cactus.ts."""
+    """Copy the GGUF the evaluation chose into <app>/assets/models/ and write the values for cactus.ts."""
     from dmforge.deploy.app import deploy
 
-    config = load_config(config_file)
-    result = deploy(run, app_dir, config.data, quant or config.deploy.quant)
+    config = _run_config(run, config_file)
+    result = deploy(run, app_dir, config, _registry(config), quant)
     _print_deploy(result)
 
 
@@ -388,6 +413,8 @@ def _print_deploy(result) -> None:
     console.print(f"config: {escape(str(result.config_ts))} and {escape(str(result.config_json))}")
     for key in ("modelPath", "mmprojPath", "n_ctx", "stop", "jinja", "toolResultRole", "quantization"):
         console.print(f"  {key}: {escape(json.dumps(result.values[key]))}")
+    shown = {k: v for k, v in result.values["completion"].items() if k not in ("grammar", "dry_sequence_breakers")}
+    console.print(f"  completion: {escape(json.dumps(shown))} (and the tool-call grammar)")
 
 
 @app.command("pipeline")
@@ -399,13 +426,16 @@ def pipeline(
     max_seq_len: MaxSeqOption = None,
     app_dir: Annotated[Path | None, typer.Option("--app", help="Deploy into this React Native app folder.")] = None,
     quant: Annotated[
-        str | None, typer.Option("--quant", help="The GGUF quantization to ship (default Q4_K_M; Q8_0 for tiny bases).")
+        str | None,
+        typer.Option(
+            "--quant", help="Ship this GGUF type instead of the measured choice (the smallest that keeps F16's calls)."
+        ),
     ] = None,
     config_file: ConfigOption = None,
 ) -> None:
     """Run the whole pipeline (what ./train.sh runs), resuming finished stages.
 
-    check → build → preflight → train → evaluate → export → verify → evaluate GGUF → deploy
+    check → build → preflight → train → export → verify → evaluate → playtest → deploy
     """
     from dmforge.pipeline import run_pipeline
 
@@ -413,7 +443,7 @@ def pipeline(
     overrides["data"] = {"scenarios": scenarios}
     overrides["deploy"] = {"app": app_dir}
     if quant:
-        overrides["export"] = {"quants": [quant.upper()]}
+        overrides["deploy"]["quant"] = quant.upper()
     config = load_config(config_file, overrides)
     run_pipeline(config, _registry(config), console)
 

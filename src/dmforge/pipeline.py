@@ -4,10 +4,11 @@
     build          the validated dataset, split by whole scenario
     preflight      a few real steps, timed, and a memory check before the long run
     train          LoRA fine-tune (resumes from checkpoints), then merge into the base
-    evaluate       base vs fine-tuned on held-out DM turns
-    export         GGUF through llama.cpp's converter, then the requested quantizations
+    export         GGUF through llama.cpp's converter: F16 and every quantization that fits the model
     verify         every file loaded in llama.cpp and checked against transformers
-    evaluate GGUF  the shipped file through llama.cpp's chat path, and a playtest
+    evaluate       base, fine-tuned and quantized files on held-out DM turns, through llama.cpp as the
+                   app runs them; the smallest file that keeps the model's behaviour is chosen to ship
+    playtest       the shipped file plays a scripted session, its tool calls executed
     deploy         into the app's assets/models with the values for cactus.ts (when an app is given)
 
 The run folder is `runs/<base>`, or the folder in `runs/` that trained on the same scenarios and
@@ -33,11 +34,12 @@ from rich.markup import escape
 from dmforge.config import DmforgeConfig
 from dmforge.dataset import corpus_fingerprint
 from dmforge.errors import DmforgeError
+from dmforge.export.ship import shipped
 from dmforge.files import newer_than, write_json, write_text
 from dmforge.scenarios import check_paths
 from dmforge.tools.registry import Registry
 
-STAGES = ("check", "build", "preflight", "train", "evaluate", "export", "verify", "evaluate GGUF", "deploy")
+STAGES = ("check", "build", "preflight", "train", "export", "verify", "evaluate", "playtest", "deploy")
 # Options a run may resume under (so they are not part of its identity) that still decide how far it
 # trains: a finished run asked for more steps or epochs trains on from its checkpoint.
 _RUN_LENGTH = ("max_steps", "epochs", "early_stopping_patience")
@@ -159,7 +161,7 @@ def _exported(run_dir: Path, config: DmforgeConfig) -> dict | None:
 
 
 def run_pipeline(config: DmforgeConfig, registry: Registry, console: Console) -> PipelineResult:
-    from dmforge.evaluation.run import evaluate_run
+    from dmforge.evaluation.run import evaluate_run, run_playtest
     from dmforge.export.run import export_run
     from dmforge.training.finetune import finetune
 
@@ -197,24 +199,9 @@ def run_pipeline(config: DmforgeConfig, registry: Registry, console: Console) ->
             f"(best {_num(metrics['best_val_loss'])} at step {metrics['best_step']})"
         )
 
-        progress.announce("evaluate", f"base vs fine-tuned on up to {config.eval.max_turns or 'all'} held-out DM turns")
-        report = evaluate_run(
-            run_dir,
-            config,
-            registry,
-            console,
-            max_turns=config.eval.max_turns,
-            models=("base", "fine-tuned"),
-            reuse=True,
-            playtest=False,
-        )
-        if set(report["reused"]) >= {"base", "fine-tuned"}:
-            progress.done_already("both columns were scored on these turns before")
-        progress.ok(_compare(report, "base", "fine-tuned"))
-
         export = _exported(run_dir, config)
         if export:
-            progress.announce("export", f"GGUF {', '.join(config.export.quants)}")
+            progress.announce("export", "GGUF F16 and every quantization that fits the model")
             progress.done_already(f"the files in {escape(str(run_dir / 'gguf'))} come from this model")
             progress.announce("verify", "every file in llama.cpp")
             progress.done_already("export.json records every check passed")
@@ -229,23 +216,44 @@ def run_pipeline(config: DmforgeConfig, registry: Registry, console: Console) ->
                     f"the full report are in {run_dir / 'gguf'}; the app would misbehave with them, so nothing "
                     "was deployed."
                 )
-        shipped = Path(export["files"][config.export.quants[0]])
         for warning in export["warnings"]:
-            console.print(f"  [yellow]warning:[/] {escape(warning)}", soft_wrap=True)
-        progress.ok(f"every check passed; {escape(shipped.name)} is {shipped.stat().st_size / 2**20:.0f} MB")
+            console.print(f"  [yellow]note:[/] {escape(warning)}", soft_wrap=True)
+        progress.ok(f"every check passed for {', '.join(export['files'])}")
 
-        progress.announce("evaluate GGUF", f"{escape(shipped.name)} through llama.cpp's chat path, and a playtest")
-        report = evaluate_run(run_dir, config, registry, console, max_turns=config.eval.max_turns, reuse=True)
-        if "gguf" in report["reused"] and report.get("playtest", {}).get("reused"):
-            progress.done_already("the GGUF column and the playtest are up to date")
-        progress.ok(f"{_compare(report, 'fine-tuned', 'gguf')}; report in {escape(str(run_dir / 'eval'))}")
+        turns = config.eval.max_turns or "every"
+        progress.announce("evaluate", f"{turns} held-out DM turn(s) per file, through llama.cpp as the app runs it")
+        report = evaluate_run(
+            run_dir,
+            config,
+            registry,
+            console,
+            max_turns=config.eval.max_turns,
+            reuse=True,
+        )
+        choice = shipped(export, report, config.deploy.quant)
+        if set(report["reused"]) >= set(report["models"]):
+            progress.done_already("every column was scored on these turns before")
+        progress.ok(
+            f"{_compare(report, 'base', 'F16')}; ships {choice.quant} "
+            f"({choice.path.stat().st_size / 2**20:.0f} MB), {choice.reason}"
+        )
+        progress.announce("playtest", f"{escape(choice.path.name)} plays a scripted session, its calls executed")
+        play = run_playtest(run_dir, config, registry)
+        report["playtest"] = play
+        if play["reused"]:
+            progress.done_already("the playtest was played with this file and these settings")
+        progress.ok(
+            f"{play['dm_replies']} DM replies, {play['calls']} tool calls ({play['valid_calls']} executed), "
+            f"{play['loops']} loops, {play['windowed_replies']} written with the context window in use; "
+            f"{escape(str(run_dir / 'eval' / 'playtest.md'))}"
+        )
 
         deployed = None
         if config.deploy.app:
             from dmforge.deploy.app import deploy
 
             progress.announce("deploy", f"into {escape(str(config.deploy.app))}")
-            done = deploy(run_dir, config.deploy.app, data, config.deploy.quant)
+            done = deploy(run_dir, config.deploy.app, config, registry)
             deployed = done.values | {"path": str(done.model), "config_ts": str(done.config_ts)}
             progress.ok(f"{escape(str(done.model))}; config in {escape(str(done.config_ts))}")
         else:
@@ -253,12 +261,13 @@ def run_pipeline(config: DmforgeConfig, registry: Registry, console: Console) ->
         progress.finish()
 
     seconds = sum(progress.seconds.values())
-    result = PipelineResult(run_dir, shipped, report, deployed, seconds, progress.seconds)
+    result = PipelineResult(run_dir, choice.path, report, deployed, seconds, progress.seconds)
     write_json(
         run_dir / "pipeline.json",
         {
             "run_dir": str(run_dir),
-            "gguf": str(shipped),
+            "gguf": str(choice.path),
+            "ship": report["ship"],
             "deployed": deployed,
             "seconds": round(seconds, 1),
             "stage_seconds": {k: round(v, 1) for k, v in progress.seconds.items()},
@@ -274,17 +283,18 @@ def _compare(report: dict, before: str, after: str) -> str:
     if before not in models or after not in models:
         return f"{report['turns']} turns scored"
     parts = []
-    for key, label in (("call_f1", "call F1"), ("exact_call_match", "exact call match")):
+    for key, label in (("call_decision_accuracy", "call decision"), ("intent_match", "intent match")):
         parts.append(f"{label} {_num(models[before].get(key), 2)} → {_num(models[after].get(key), 2)}")
     return f"{report['turns']} turns; {after} vs {before}: " + ", ".join(parts)
 
 
 HEADLINE = (
     ("call_decision_accuracy", "call decision accuracy"),
-    ("call_recall", "call recall"),
-    ("call_f1", "call F1"),
+    ("intent_match", "intent match"),
     ("exact_call_match", "exact call match"),
     ("call_validity", "call validity"),
+    ("loop_rate", "loop rate"),
+    ("call_f1", "call F1"),
     ("in_character_rate", "in-character rate"),
     ("perplexity", "perplexity (gold DM turns)"),
 )
@@ -314,7 +324,11 @@ def summary(result: PipelineResult) -> str:
     else:
         lines.append("  not deployed    add --app PATH (the app's root folder) to copy it into assets/models")
     names = list(models)
-    lines.append(f"\nHeadline metrics on {report['turns']} held-out DM turns (greedy):")
+    lines.append(
+        f"\nHeadline metrics on {report['turns']} held-out DM turns, each file in llama.cpp with the app's decoding "
+        f"({report['decoding'].get('F16', '')}), and '{report['ship']['quant']} greedy' beside it; "
+        f"{report['ship']['quant']} ships:"
+    )
     lines.append("  " + f"{'':<28}" + "".join(f"{n:>12}" for n in names))
     for key, label in HEADLINE:
         lines.append("  " + f"{label:<28}" + "".join(f"{_num(models[n].get(key), 3):>12}" for n in names))
