@@ -17,10 +17,27 @@ from dmforge.models.resolve import dequantize_gguf
 
 def test_catalog_has_the_presets_the_app_needs():
     catalog = load_catalog()
-    for name in ("smollm2-135m", "gemma3-270m", "qwen3-0.6b", "qwen3-1.7b", "gemma3-1b", "smollm2-360m", "llama3.2-1b"):
+    names = ("smollm2-135m", "gemma3-270m", "qwen2.5-0.5b", "qwen3-0.6b", "qwen3-1.7b", "gemma3-1b", "smollm2-360m")
+    for name in (*names, "llama3.2-1b"):
         assert catalog[name].cactus, name
     assert catalog["smollm2-135m"].source == "pypi" and catalog["gemma3-270m"].template == "gemma"
     assert not catalog["lfm2-350m"].cactus
+    assert catalog["qwen2.5-0.5b"].repo == "Qwen/Qwen2.5-0.5B-Instruct"
+    # The quant that suits each base follows its widths: K-quants need multiples of 256.
+    for preset in catalog.values():
+        assert preset.takes_k_quants == (preset.quant == "Q4_K_M"), preset.name
+    assert {n for n, p in catalog.items() if p.takes_k_quants} == {"qwen3-0.6b", "qwen3-1.7b", "llama3.2-1b", "lfm2-350m"}
+
+
+def test_the_preflight_names_the_largest_base_that_fits_the_budget():
+    from dmforge.models.recommend import advice, estimates
+
+    rows = estimates(10.0, 135, 30)
+    assert [e.name for e in rows if e.fits] == ["smollm2-135m", "gemma3-270m", "smollm2-360m"]
+    assert "lfm2-350m" not in {e.name for e in rows}, "a base the app cannot run is never suggested"
+    text = advice("smollm2-135m", 10.0, 135, 30)
+    assert "the largest that fits is smollm2-360m (use Q8_0)" in text and "--base smollm2-360m" in text
+    assert "none fits" in advice("smollm2-135m", 100.0, 135, 30)
 
 
 def test_smollm2_resolves_offline_to_a_cached_safetensors_folder(smollm2_base):

@@ -195,21 +195,23 @@ def models_list(as_json: Annotated[bool, typer.Option("--json", help="Print JSON
         sys.stdout.write(json.dumps({n: p.model_dump() for n, p in catalog.items()}, indent=2) + "\n")
         return
     table = Table(header_style="bold")
-    for column in ("name", "source", "architecture", "params", "license", "chat template", "Cactus 0.2"):
-        table.add_column(column)
+    for column in ("name", "source", "params", "license", "Cactus 0.2", "ship as"):
+        table.add_column(column, overflow="fold")
     for name, p in catalog.items():
         source = f"hub {p.repo}" if p.source == "hub" else f"PyPI {p.package} (offline)"
-        template = "its own" if p.template == "embedded" else f"supplied: {p.template}"
+        fit = "" if p.takes_k_quants else ", K-quants fall back"
         table.add_row(
             name,
             source,
-            p.architecture,
-            p.parameters,
+            f"{p.parameters} {p.architecture}",
             p.license,
-            template,
             "[green]yes[/]" if p.cactus else "[red]no[/]",
+            f"{p.quant}{fit}",
         )
     console.print(table)
+    for name, p in catalog.items():
+        template = "" if p.template == "embedded" else f" (no chat template of its own; dmforge supplies {p.template})"
+        console.print(f"[bold]{name}[/]{template}: {escape(p.quality)}")
     console.print("--base also takes a local Hugging Face folder, a hub id (org/name) or a .gguf file.")
 
 

@@ -28,6 +28,15 @@ class Preset(BaseModel):
     package: str | None = None  # pypi
     file: str | None = None  # pypi: the GGUF inside the package (or the name `assemble` writes)
     assemble: str | None = None  # pypi: a module whose `assemble(path)` joins a chunked GGUF
+    parameters_m: float  # parameters in millions: training cost scales with them
+    widths: list[int]  # hidden and feed-forward widths
+    quant: str  # the type that suits the widths
+    quality: str  # what is known of how well it learns the DM's job
+
+    @property
+    def takes_k_quants(self) -> bool:
+        """K-quant blocks are 256 wide: other widths fall back to other types in most matrices."""
+        return all(w % 256 == 0 for w in self.widths)
 
     @property
     def origin(self) -> str:

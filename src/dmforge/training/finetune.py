@@ -212,6 +212,11 @@ def finetune(
         with console.status("preflight: timing a few real steps…"):
             preflight = run_preflight(model, train, t, hardware, pad_id)
         console.print(f"[bold]preflight[/] {preflight.summary()}")
+        if base.preset is not None:
+            from dmforge.models.recommend import advice
+
+            minutes = preflight.total_seconds / 60
+            console.print(f"[bold]bases[/] {advice(base.spec, minutes, base.preset.parameters_m, t.max_minutes)}")
         if t.max_minutes and preflight.total_seconds > t.max_minutes * 60:
             # Plan the schedule to end inside the budget, rather than cutting a cosine schedule off midway.
             fit = max(1, int(preflight.total_steps * t.max_minutes * 60 / preflight.total_seconds))
