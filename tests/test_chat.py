@@ -146,9 +146,10 @@ def test_call_tokens_and_quiet_turn_ends_are_marked(smollm2_tokenizer):
     (call,) = sample.calls
     assert tok.decode(sample.input_ids[call.start : call.end]) == "\n[roll: stealth, dc=12]"
     assert tok.decode(sample.input_ids[call.start : call.intent_end]) == "\n[roll: stealth"
-    (quiet,) = sample.quiet_ends
+    ((first, quiet),) = sample.quiet_turns
     assert tok.decode([sample.input_ids[quiet]]) == "<|im_end|>" and quiet == sample.dm_spans[1][1] - 1
-    assert sample.decision_positions == [call.start, quiet]
+    assert first == sample.dm_spans[1][0] and tok.decode([sample.input_ids[first]]) == "Fif"
+    assert sample.decision_tokens == [call.start, first, quiet]
 
 
 def test_a_conversation_without_dm_turns_has_nothing_to_learn(smollm2_tokenizer):

@@ -177,3 +177,29 @@ def test_a_failure_midway_leaves_the_previous_dataset_whole(tmp_path: Path, monk
     after = {p.name: p.read_bytes() for p in (tmp_path / "dataset").iterdir() if p.is_file()}
     assert after == before
     assert [p.name for p in tmp_path.iterdir()] == ["dataset"], "no staging folder is left behind"
+
+
+def test_calls_first_moves_the_calls_before_the_narration_and_keeps_them_intact():
+    from dmforge.dataset.conversation import calls_first
+
+    assert calls_first("The mud is churned. Make a Wisdom (Survival) check.\n[roll: survival]") == (
+        "[roll: survival]\nThe mud is churned. Make a Wisdom (Survival) check."
+    )
+    two = "Ouch.\n[damage: 2d4+2, type=slashing, target=Vesk]\n[roll: constitution save, dc=10]"
+    assert calls_first(two) == "[damage: 2d4+2, type=slashing, target=Vesk]\n[roll: constitution save, dc=10]\nOuch."
+    assert calls_first("A noise [roll: perception] nearby. See [the map](x).") == (
+        "[roll: perception]\nA noise nearby. See [the map](x)."
+    ), "an inline call moves too; a Markdown link is not a call"
+    assert calls_first("No call here.") == "No call here."
+
+
+def test_the_call_order_option_reorders_every_dm_turn_of_the_dataset():
+    from dmforge.tools.syntax import find_calls
+
+    scenario = CORPUS_SCENARIOS[0]
+    written = to_conversation(scenario, DataConfig())
+    first = to_conversation(scenario, DataConfig(call_order="first"))
+    for a, b in zip(written["messages"], first["messages"], strict=True):
+        assert find_calls(a["content"]) == find_calls(b["content"]), "the same calls in the same order"
+        if a["role"] == "assistant" and find_calls(a["content"]):
+            assert b["content"].startswith("[") and a["tool_calls"] == b["tool_calls"]

@@ -1,4 +1,4 @@
-"""`dmforge eval` end to end on real models: base, "fine-tuned" and GGUF columns, reports and playtest.
+"""`dmforge eval` end to end on real models: every column through llama.cpp, the shipped file chosen by rule.
 
 The run is built around the base model itself (merged = base) so that this test needs no training;
 the pipeline's own run is evaluated by the end-to-end test of ./train.sh.
@@ -34,63 +34,52 @@ def exported_run(smollm2_base, tmp_path_factory):
             }
         )
     )
-    assert export_run(run, ["Q8_0"]).passed
+    assert export_run(run, []).passed
     return run
 
 
-def test_eval_writes_three_columns_reports_and_a_playtest(exported_run, tmp_path: Path):
+def test_eval_scores_every_column_through_llama_cpp_and_chooses_the_file_to_ship(exported_run, tmp_path: Path):
     scenarios = tmp_path / "held-out"
     for name in ("combat/ghoul-crypt-ambush.md", "social/the-fine-print.md"):
         (scenarios / name).parent.mkdir(parents=True, exist_ok=True)
         shutil.copy(CORPUS / name, scenarios / name)
+    command = [sys.executable, "-m", "dmforge", "eval", str(exported_run), "--scenarios", str(scenarios)]
     result = subprocess.run(
-        [
-            sys.executable,
-            "-m",
-            "dmforge",
-            "eval",
-            str(exported_run),
-            "--scenarios",
-            str(scenarios),
-            "--max-turns",
-            "3",
-            "--json",
-        ],
-        cwd=ROOT,
-        capture_output=True,
-        text=True,
-        timeout=1800,
+        [*command, "--max-turns", "4", "--json"], cwd=ROOT, capture_output=True, text=True, timeout=1800
     )
     assert result.returncode == 0, result.stderr
     report = json.loads(result.stdout)
-    assert set(report["models"]) == {"base", "fine-tuned", "gguf"} and report["turns"] == 3
+    ship = report["ship"]["quant"]
+    columns = list(report["models"])
+    assert columns[:2] == ["base", "F16"] and columns[-1] == f"{ship} greedy" and report["turns"] == 4
     for metrics in report["models"].values():
-        for key in (
-            "call_decision_accuracy",
-            "exact_call_match",
-            "call_validity",
-            "in_character_rate",
-            "perplexity",
-            "turns",
-        ):
-            assert key in metrics
-        assert metrics["turns"] == 3 and metrics["perplexity"] > 1
-    # merged = base here, so transformers columns agree exactly, and the Q8_0 GGUF closely
-    assert report["models"]["base"]["perplexity"] == pytest.approx(report["models"]["fine-tuned"]["perplexity"])
-    assert report["models"]["gguf"]["perplexity"] == pytest.approx(report["models"]["base"]["perplexity"], rel=0.05)
+        for key in ("call_decision_accuracy", "intent_match", "exact_call_match", "call_validity", "loop_rate"):
+            assert key in metrics, key
+        assert metrics["turns"] == 4 and metrics["perplexity"] > 1
+    # merged = base: the base's own GGUF and the F16 export are the same weights, so they score the same.
+    assert report["models"]["base"]["perplexity"] == pytest.approx(report["models"]["F16"]["perplexity"], rel=1e-3)
+    assert "full grammar" in report["decoding"]["F16"] and report["decoding"][f"{ship} greedy"] == "greedy"
+    # The grammar makes every bracket a valid call; greedy alone does not promise that.
+    assert report["models"]["F16"]["call_validity"] in (None, 1.0)
+
+    # The rule: quantized files scored smallest first; the one that ships is within 0.02 of F16's intent match.
+    candidates = {row["quant"]: row for row in report["ship"]["candidates"]}
+    sizes = [row["bytes"] for row in report["ship"]["candidates"]]
+    assert sizes == sorted(sizes) and set(candidates) >= {"F16", "Q8_0", "Q4_K_M", "Q4_0", "Q5_0"}
+    assert candidates[ship]["evaluated"] and candidates[ship]["intent_delta_vs_f16"] >= -0.02 - 1e-9
+    smaller = [q for q, row in candidates.items() if row["bytes"] < candidates[ship]["bytes"]]
+    assert all(candidates[q]["evaluated"] for q in smaller), "every smaller file was scored and failed the rule"
+    assert candidates["Q4_K_M"]["fallback_share"] > 0.5 and candidates["Q8_0"]["fallback_share"] == 0
+
     out = exported_run / "eval"
-    for name in (
-        "report.md",
-        "report.html",
-        "report.json",
-        "metrics.png",
-        "details.jsonl",
-        "playtest.md",
-        "playtest.json",
-    ):
+    for name in ("report.md", "report.html", "report.json", "metrics.png", "details.jsonl", "turns.jsonl"):
         assert (out / name).is_file(), name
     details = [json.loads(line) for line in (out / "details.jsonl").read_text().splitlines()]
-    assert len(details) == 9 and {"prompt", "gold", "prediction", "verdict"} <= set(details[0])
-    assert "| call decision accuracy |" in (out / "report.md").read_text()
-    playtest = json.loads((out / "playtest.json").read_text())
-    assert [e["role"] for e in playtest["transcript"]].count("player") == 5
+    assert len(details) == 4 * len(columns) and {"gold", "prediction", "verdict", "stop"} <= set(details[0])
+    assert "| intent match (right tool and roll) |" in (out / "report.md").read_text()
+    assert f"Ships: **{ship}**" in (out / "report.md").read_text()
+
+    # A second evaluation of the same turns reuses every column instead of generating again.
+    again = subprocess.run([*command, "--max-turns", "4", "--json"], cwd=ROOT, capture_output=True, text=True)
+    assert again.returncode == 0, again.stderr
+    assert set(json.loads(again.stdout)["reused"]) == set(columns)

@@ -58,6 +58,11 @@ class DataConfig(_Section):
         0, ge=0, le=10, description="Extra renamed copies of each training scenario (party and places)."
     )
     dedupe: bool = Field(True, description="Drop conversations that are exact duplicates of another.")
+    call_order: Literal["as_written", "first"] = Field(
+        "as_written",
+        description="Where a DM turn's tool calls stand in the training text: as the scenario writes them, or "
+        "`first`, before the narration, so the model decides to call on the scene rather than after its own prose.",
+    )
 
     @field_validator("system_template")
     @classmethod
@@ -138,6 +143,12 @@ class TrainConfig(_Section):
         0.0, ge=0, lt=1, description="Dropout on the LoRA input; costs about 30% speed on a CPU, so off by default."
     )
     target_modules: str | list[str] = Field("all-linear", description="Modules that get LoRA adapters.")
+    lora_layers: int | None = Field(
+        None,
+        ge=1,
+        description="Adapt only the top N transformer layers (all when unset). The backward pass then stops at "
+        "the lowest adapted layer: adapting the top half makes a step about a third faster.",
+    )
     call_loss_weight: float = Field(
         3.0,
         ge=1.0,

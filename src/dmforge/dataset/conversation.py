@@ -12,10 +12,11 @@ from __future__ import annotations
 
 import hashlib
 import json
+import re
 
 from dmforge.config import DataConfig, compose_system_prompt
 from dmforge.scenarios.model import Scenario, Turn, TurnKind
-from dmforge.tools.syntax import ToolCall
+from dmforge.tools.syntax import BracketKind, ToolCall, scan_brackets
 
 ROLE_OF = {TurnKind.USER: "user", TurnKind.DM: "assistant", TurnKind.TOOLCALL: "tool"}
 
@@ -44,12 +45,32 @@ def message(role: str, content: str, name: str = "", tool_calls=(), tool_results
     }
 
 
-def turn_message(turn: Turn) -> dict:
+def calls_first(text: str) -> str:
+    """A DM turn with its tool calls moved to the front, one per line, and the narration after them.
+
+    The call decision then comes first, made on the scene and the player's words rather than after a
+    paragraph the model wrote itself; the calls' text and order are unchanged, so the app's agent and
+    the TOOLCALL results read them as before.
+    """
+    calls = [b for b in scan_brackets(text) if b.kind is BracketKind.CALL]
+    if not calls:
+        return text
+    lines = text.split("\n")
+    for bracket in sorted(calls, key=lambda b: (b.line, b.column), reverse=True):
+        line = lines[bracket.line]
+        lines[bracket.line] = line[: bracket.column] + line[bracket.column + len(bracket.text) :]
+    narration = "\n".join(" ".join(line.split()) for line in lines).strip()
+    narration = re.sub(r"\n{3,}", "\n\n", narration)
+    return "\n".join(b.text for b in calls) + ("\n" + narration if narration else "")
+
+
+def turn_message(turn: Turn, call_order: str = "as_written") -> dict:
     match turn.kind:
         case TurnKind.USER:
             return message("user", turn.text, name=turn.speaker or "")
         case TurnKind.DM:
-            return message("assistant", turn.text, tool_calls=[call_record(c) for c in turn.calls])
+            text = calls_first(turn.text) if call_order == "first" else turn.text
+            return message("assistant", text, tool_calls=[call_record(c) for c in turn.calls])
         case TurnKind.TOOLCALL:
             results = [{**call_record(r.call), "result": r.result} for r in turn.results]
             return message("tool", tool_result_content(turn), tool_results=results)
@@ -60,7 +81,7 @@ def to_conversation(scenario: Scenario, config: DataConfig, conversation_id: str
     """One training example: metadata the evaluation needs, and the messages."""
     header = scenario.header
     messages = [message("system", compose_system_prompt(config, header, scenario.system))]
-    messages += [turn_message(t) for t in scenario.turns]
+    messages += [turn_message(t, config.call_order) for t in scenario.turns]
     return {
         "id": conversation_id or scenario.id,
         "scenario": scenario.id,

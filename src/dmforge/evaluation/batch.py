@@ -70,6 +70,7 @@ def batch_replies(
     params.n_batch = params.n_ubatch = CHUNK
     params.n_seq_max = parallel
     params.n_threads = params.n_threads_batch = physical_cores()
+    params.defrag_thold = 0.1  # sequences of different lengths come and go: keep free cells together
     ctx = lc.llama_init_from_model(runtime.llm.model, params)
     if not ctx:
         raise DmforgeError(f"llama.cpp could not make a context of {params.n_ctx} tokens for {runtime.path.name}.")

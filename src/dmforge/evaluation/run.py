@@ -15,6 +15,7 @@ the columns in models/, and the playtest transcript.
 from __future__ import annotations
 
 import json
+from dataclasses import dataclass
 from pathlib import Path
 
 from rich.console import Console
@@ -28,14 +29,14 @@ from dmforge.evaluation import playtest as play
 from dmforge.evaluation.columns import Column, cached, perplexity_samples, save_column, score_column
 from dmforge.evaluation.report import write_reports
 from dmforge.evaluation.runtime import GREEDY, Runtime
-from dmforge.evaluation.turns import eval_turns
+from dmforge.evaluation.turns import EvalTurn, eval_turns
 from dmforge.export.ship import by_size, measured_choice, passes, shipped
 from dmforge.files import newer_than, write_json, write_text
 from dmforge.scenarios import check_paths
 from dmforge.scenarios.model import Header
 from dmforge.tools.grammar import registry_grammar
 from dmforge.tools.registry import Registry
-from dmforge.training.chat import ChatFormat, build_samples, prompt_budget, template_messages
+from dmforge.training.chat import ChatFormat, Sample, build_samples, prompt_budget, template_messages
 
 
 def _latest_run(runs_root: Path) -> Path:
@@ -68,19 +69,34 @@ def _progress(console: Console) -> Progress:
     )
 
 
-def evaluate_run(
+@dataclass
+class EvalSetup:
+    """Everything scoring a run needs: its files, its chat format and the held-out turns with their prompts."""
+
+    run_dir: Path
+    manifest: dict
+    export: dict
+    fmt: ChatFormat
+    n_ctx: int
+    source: str
+    turns: list[EvalTurn]
+    samples: list[Sample]  # for perplexity
+
+    @property
+    def files(self) -> dict[str, Path]:
+        return {q: Path(p) for q, p in self.export["files"].items()}
+
+
+def load_setup(
     run_dir: Path | None,
     config: DmforgeConfig,
     registry: Registry,
-    console: Console,
     scenarios: Path | None = None,
     max_turns: int | None = None,
-    reuse: bool = True,
-) -> dict:
-    """Score the columns and choose the file that ships; returns report.json's content."""
+    n_ctx: int | None = None,
+) -> EvalSetup:
+    """The run's files and the turns to score; `n_ctx` (default: the trained context) sets the prompts' window."""
     from transformers import AutoTokenizer
-
-    from dmforge.export.convert import base_gguf
 
     run_dir = run_dir or _latest_run(config.train.runs_root)
     manifest_path, export_path = run_dir / "manifest.json", run_dir / "gguf" / "export.json"
@@ -95,18 +111,36 @@ def evaluate_run(
     manifest, export = json.loads(manifest_path.read_text()), json.loads(export_path.read_text())
     fmt = ChatFormat(**manifest["chat_format"])
     tokenizer = AutoTokenizer.from_pretrained(run_dir / "merged")
-    n_ctx = manifest.get("max_seq_len") or config.train.max_seq_len
-    decode = config.decode
+    n_ctx = n_ctx or manifest.get("max_seq_len") or config.train.max_seq_len
+    reply = config.decode.n_predict
     conversations, source = _held_out(run_dir, config, registry, scenarios)
     if not conversations:
         raise DmforgeError("There are no held-out scenarios to evaluate on. Pass --scenarios DIR.", exit_code=2)
-    turns = eval_turns(conversations, fmt, tokenizer, n_ctx, decode.n_predict, max_turns or config.eval.max_turns)
+    turns = eval_turns(conversations, fmt, tokenizer, n_ctx, reply, max_turns or config.eval.max_turns)
     scored = {t.conversation for t in turns}
     samples = perplexity_samples(
-        build_samples(tokenizer, fmt, [c for c in conversations if c["id"] in scored], n_ctx, decode.n_predict)
+        build_samples(tokenizer, fmt, [c for c in conversations if c["id"] in scored], n_ctx, reply)
     )
+    return EvalSetup(run_dir, manifest, export, fmt, n_ctx, source, turns, samples)
+
+
+def evaluate_run(
+    run_dir: Path | None,
+    config: DmforgeConfig,
+    registry: Registry,
+    console: Console,
+    scenarios: Path | None = None,
+    max_turns: int | None = None,
+    reuse: bool = True,
+) -> dict:
+    """Score the columns and choose the file that ships; returns report.json's content."""
+    from dmforge.export.convert import base_gguf
+
+    setup = load_setup(run_dir, config, registry, scenarios, max_turns)
+    run_dir, manifest, export, turns, samples = setup.run_dir, setup.manifest, setup.export, setup.turns, setup.samples
+    n_ctx, source, decode = setup.n_ctx, setup.source, config.decode
     grammar = registry_grammar(registry, lazy=decode.grammar == "lazy")
-    files = {q: Path(p) for q, p in export["files"].items()}
+    files = setup.files
     out = run_dir / "eval"
     columns: dict[str, dict] = {}
     reused: list[str] = []
@@ -138,6 +172,9 @@ def evaluate_run(
         f16 = run(Column("F16", "F16", files["F16"], decode, grammar))
         ship = _choose_and_score_quants(run, files, f16["metrics"]["intent_match"], decode, grammar, config, export)
         shipped_name = ship["quant"]
+        free = Column(f"{shipped_name} no grammar", shipped_name, files[shipped_name], decode, None)
+        if decode.grammar != "off" and free.label != "greedy":  # the grammar's own effect, samplers unchanged
+            run(free, False)["metrics"]["perplexity"] = columns[shipped_name]["metrics"]["perplexity"]
         if config.eval.greedy_column:
             greedy = run(Column(f"{shipped_name} greedy", shipped_name, files[shipped_name], GREEDY, None), False)
             greedy["metrics"]["perplexity"] = columns[shipped_name]["metrics"]["perplexity"]
@@ -216,6 +253,19 @@ def _choose_and_score_quants(run, files, f16_intent, decode, grammar, config: Dm
     return {"quant": quant, "reason": reason, "max_intent_drop": max_drop, "candidates": table}
 
 
+def play_session(runtime: Runtime, fmt: ChatFormat, n_ctx: int, config: DmforgeConfig, registry, decode, grammar):
+    """The scripted playtest with `runtime`, each prompt cut to the app's context window for `n_ctx`."""
+    budget = prompt_budget(fmt, n_ctx, decode.n_predict)
+
+    def app_window(messages: list[dict]) -> list[dict]:
+        chat = template_messages(messages, fmt)
+        costs = [runtime.count(m["content"]) + fmt.framing.get(m["role"], 0) for m in chat]
+        return [chat[0], *chat[window_start([m["role"] for m in messages], costs, budget) :]]
+
+    system = compose_system_prompt(config.data, Header(title="Playtest", **play.SETTING), None)
+    return play.playtest(runtime, system, registry, decode, grammar, window=app_window)
+
+
 def run_playtest(run_dir: Path, config: DmforgeConfig, registry: Registry, reuse: bool = True) -> dict:
     """The scripted session with the file that ships, reused while that file and the settings are unchanged.
 
@@ -234,18 +284,8 @@ def run_playtest(run_dir: Path, config: DmforgeConfig, registry: Registry, reuse
     played = json.loads(saved.read_text()) if reuse and newer_than(saved, path) else None
     reused = played is not None and played.get("settings") == settings
     if not reused:
-        runtime = Runtime(path, n_ctx)
-        budget = prompt_budget(fmt, n_ctx, decode.n_predict)
-
-        def app_window(messages: list[dict]) -> list[dict]:
-            chat = template_messages(messages, fmt)
-            costs = [runtime.count(m["content"]) + fmt.framing.get(m["role"], 0) for m in chat]
-            start = window_start([m["role"] for m in messages], costs, budget)
-            return [chat[0], *chat[start:]]
-
-        system = compose_system_prompt(config.data, Header(title="Playtest", **play.SETTING), None)
-        grammar = registry_grammar(registry, lazy=decode.grammar == "lazy")
-        played = play.playtest(runtime, system, registry, decode, grammar, window=app_window)
+        grammar = registry_grammar(registry, lazy=decode.grammar == "lazy") if decode.grammar != "off" else None
+        played = play_session(Runtime(path, n_ctx), fmt, n_ctx, config, registry, decode, grammar)
         played["settings"] = settings
         write_json(saved, played)
         write_text(run_dir / "eval" / "playtest.md", play.transcript_markdown(path.name, played))

@@ -48,8 +48,8 @@ def collate(samples: list[Sample], pad_id: int, call_weight: float = 1.0) -> dic
         if call_weight != 1.0:
             for call in s.calls:
                 weights[row, call.start : call.end] = call_weight
-            for end in s.quiet_ends:
-                weights[row, end] = call_weight
+            for position in (t for turn in s.quiet_turns for t in turn):
+                weights[row, position] = call_weight
     # Without padding the mask is left out: attention then takes its fast causal path (about 30% faster on CPU).
     return {
         "input_ids": ids,

@@ -56,7 +56,9 @@ class Sample:
     dm_spans: list[tuple[int, int]] = field(default_factory=list)  # token index ranges of trained turns
     prompt_lengths: list[int] = field(default_factory=list)  # tokens before each trained turn
     calls: list[CallSpan] = field(default_factory=list)  # tool calls in the trained turns
-    quiet_ends: list[int] = field(default_factory=list)  # end-of-turn tokens of trained turns without calls
+    # Trained turns without calls: their first token (which a calls-first turn would have made a `[`) and
+    # their end-of-turn token (where a turn written narration-first would have opened a call instead).
+    quiet_turns: list[tuple[int, int]] = field(default_factory=list)
     windowed: bool = False  # the context starts later than the conversation's first turn
 
     @property
@@ -64,9 +66,9 @@ class Sample:
         return sum(label != IGNORE for label in self.labels)
 
     @property
-    def decision_positions(self) -> list[int]:
-        """Tokens where a DM turn decides whether to call: each call's first token, each quiet turn's end."""
-        return sorted({c.start for c in self.calls} | set(self.quiet_ends))
+    def decision_tokens(self) -> list[int]:
+        """Tokens where a DM turn decides whether to call: each call's first, a quiet turn's first and last."""
+        return sorted({c.start for c in self.calls} | {t for turn in self.quiet_turns for t in turn})
 
 
 @dataclass(frozen=True)
@@ -231,7 +233,7 @@ def _mark_calls(sample: Sample, content: str, at: int, offsets, span: tuple[int,
     first, last = span
     calls = [b for b in scan_brackets(content) if b.kind is BracketKind.CALL]
     if not calls:
-        sample.quiet_ends.append(last - 1)  # the end-of-turn token: "no call here" is decided on it
+        sample.quiet_turns.append((first, last - 1))
         return
     if at < 0:  # the template changed the content's text, so its characters cannot be located
         return

@@ -102,6 +102,12 @@ def _check_resumable(run_dir: Path, identity: dict) -> None:
         )
 
 
+def bracket_tokens(tokenizer) -> frozenset[int]:
+    """The vocabulary's tokens whose text holds a `[`: the ones that open a tool call."""
+    vocab = tokenizer.get_vocab()
+    return frozenset(i for token, i in vocab.items() if "[" in tokenizer.convert_tokens_to_string([token]))
+
+
 def _sample_reply(merged: Path, tokenizer, fmt, conversation: dict, device: str = "cpu") -> dict:
     """Greedy reply of the merged model to the first DM turn of a validation conversation."""
     from transformers import AutoModelForCausalLM
@@ -242,6 +248,7 @@ def finetune(
             console,
             accelerator,
             log=lambda row: (log_file.write(json.dumps(row) + "\n"), log_file.flush()),
+            bracket_ids=bracket_tokens(tokenizer),
         )
 
     # The adapter that ships is the best by held-out call score (or validation loss), not merely the last.

@@ -86,9 +86,11 @@ def is_better(result: Validation, state: LoopState, select_by: str) -> bool:
     return result.call_score > best + 1e-9 or (abs(result.call_score - best) <= 1e-9 and result.loss < state.best_val)
 
 
-def _validate_and_select(model, validation, device, state: LoopState, config, best_path: Path, log) -> bool:
+def _validate_and_select(
+    model, validation, device, state: LoopState, config, best_path: Path, log, bracket_ids: frozenset[int]
+) -> bool:
     """Score the held-out samples; keep this adapter as the one that ships if it is the best so far."""
-    result = validate(model, validation, device)
+    result = validate(model, validation, device, bracket_ids)
     state.val_loss.append((state.step, result.loss))
     state.val_calls.append((state.step, result.to_json()))
     if log:
@@ -147,6 +149,7 @@ def train_loop(
     console: Console,
     accelerator=None,
     log=None,
+    bracket_ids: frozenset[int] = frozenset(),
 ) -> LoopState:
     """Train until `max_steps`/`epochs` or early stopping; resume from the run's latest checkpoint."""
     device = next(model.parameters()).device.type
@@ -222,7 +225,7 @@ def train_loop(
 
                 last = state.step >= plan.total_steps
                 if validation and (state.step % config.eval_every == 0 or last):
-                    if _validate_and_select(model, validation, device, state, config, best_path, log):
+                    if _validate_and_select(model, validation, device, state, config, best_path, log, bracket_ids):
                         state.bad_evals = 0
                     else:
                         state.bad_evals += 1
@@ -239,7 +242,7 @@ def train_loop(
                 if config.max_minutes and state.seconds >= config.max_minutes * 60 and not last:
                     state.stopped_early = True  # the time budget is spent: the best adapter so far ships
                     if validation and (not state.val_loss or state.val_loss[-1][0] != state.step):
-                        _validate_and_select(model, validation, device, state, config, best_path, log)
+                        _validate_and_select(model, validation, device, state, config, best_path, log, bracket_ids)
                 if state.step % config.save_every == 0 or last or state.stopped_early:
                     save_checkpoint(checkpoints, model, optimizer, scheduler, state)
                 if state.stopped_early:

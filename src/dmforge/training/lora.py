@@ -42,20 +42,31 @@ def lora_model(base_path: Path, config: TrainConfig, hardware: Hardware):
             target_modules=_unsloth_targets(config.target_modules),
             random_state=config.seed,
             use_gradient_checkpointing="unsloth",
+            layers_to_transform=_top_layers(model, config.lora_layers),
         )
     from peft import LoraConfig, get_peft_model, prepare_model_for_kbit_training
 
     model = load_model(base_path, hardware.dtype, hardware.device, quantize_4bit=config.qlora)
     if config.qlora:
         model = prepare_model_for_kbit_training(model)
+    layers = _top_layers(model, config.lora_layers)
     lora = LoraConfig(
         r=config.lora_r,
         lora_alpha=config.lora_alpha,
         lora_dropout=config.lora_dropout,
         target_modules=config.target_modules,
+        layers_to_transform=layers,
         task_type="CAUSAL_LM",
     )
     return get_peft_model(model, lora)
+
+
+def _top_layers(model, count: int | None) -> list[int] | None:
+    """The indices of the top `count` transformer layers (None: every layer)."""
+    if not count:
+        return None
+    total = model.config.get_text_config().num_hidden_layers
+    return list(range(max(0, total - count), total))
 
 
 def _unsloth_targets(targets: str | list[str]) -> list[str]:

@@ -8,7 +8,7 @@ stays flat even for Gemma's 262k-word vocabulary.
 
 Tool calls are a few percent of the DM's tokens and the narration is most of the loss, so a call
 can be learned late or never. `call_weight` scales the tokens that decide and write a call: every
-tool call's tokens, and the end token of a turn that makes none ("no roll here").
+tool call's tokens, and the first and last tokens of a turn that makes none ("no roll here").
 """
 
 from __future__ import annotations

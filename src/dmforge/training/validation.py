@@ -6,8 +6,9 @@ narration loss rose. So each evaluation also scores the held-out DM turns the wa
 them, in the same single forward pass that gives the loss (teacher-forced, so it costs nothing
 extra):
 
-- **decision**: at the point where each DM turn either starts a call or ends, the model's most
-  likely next token is the gold one (call, or "that's all");
+- **decision**: where each DM turn starts a call, the model's most likely next token is the gold
+  call's; for a turn without calls, its first token is not predicted as a bracket, and its end is
+  predicted where the gold ends;
 - **intent**: each gold call's name and positional values (`[roll: perception`) are the model's
   most likely tokens, given the text before them;
 - **exact**: the same for the whole call, keyword arguments included.
@@ -54,26 +55,29 @@ def _ratio(hits: int, total: int) -> float | None:
     return hits / total if total else None
 
 
-def _correct_tokens(model, sample: Sample, device: str) -> tuple[torch.Tensor, float, int]:
-    """Per position, whether the model's top next-token prediction is the gold token; and the summed loss."""
+def _correct_tokens(model, sample: Sample, device: str) -> tuple[torch.Tensor, torch.Tensor, float, int]:
+    """Per position, the model's top next-token prediction and whether it is the gold token; the summed loss."""
     batch = _to(collate([sample], pad_id=0), device)
     hidden, targets, mask, lm_head, softcap = trained_hidden(
         model, batch["input_ids"], batch["attention_mask"], batch["labels"]
     )
-    hits, loss = [], 0.0
+    tops, loss = [], 0.0
     for start in range(0, len(targets), CHUNK):
         logits = output_logits(lm_head, hidden[start : start + CHUNK], softcap)
-        gold = targets[start : start + CHUNK]
-        loss += float(F.cross_entropy(logits, gold, reduction="sum"))
-        hits.append(logits.argmax(-1) == gold)
-    correct = torch.zeros(len(sample.input_ids), dtype=torch.bool)
+        loss += float(F.cross_entropy(logits, targets[start : start + CHUNK], reduction="sum"))
+        tops.append(logits.argmax(-1))
+    predicted = torch.full((len(sample.input_ids),), -1, dtype=torch.long)
     positions = mask[0].nonzero().squeeze(-1).cpu() + 1  # the token each prediction is for
-    correct[positions] = torch.cat(hits).cpu()
-    return correct, loss, len(targets)
+    predicted[positions] = torch.cat(tops).cpu()
+    return predicted == torch.tensor(sample.input_ids), predicted, loss, len(targets)
 
 
-def validate(model, samples: list[Sample], device: str) -> Validation:
-    """Loss per DM token and the teacher-forced call metrics over `samples`."""
+def validate(model, samples: list[Sample], device: str, bracket_ids: frozenset[int] = frozenset()) -> Validation:
+    """Loss per DM token and the teacher-forced call metrics over `samples`.
+
+    `bracket_ids` are the tokens that open a call (whose text holds a `[`): predicting one where the gold
+    turn makes no call is a wrong decision.
+    """
     model.eval()
     total, count = 0.0, 0
     decisions = [0, 0]
@@ -81,10 +85,13 @@ def validate(model, samples: list[Sample], device: str) -> Validation:
     exacts = [0, 0]
     with torch.no_grad():
         for sample in samples:
-            correct, loss, n = _correct_tokens(model, sample, device)
+            correct, predicted, loss, n = _correct_tokens(model, sample, device)
             total, count = total + loss, count + n
-            for position in sample.decision_positions:
-                decisions[0] += bool(correct[position])
+            for call in sample.calls:
+                decisions[0] += bool(correct[call.start])
+                decisions[1] += 1
+            for first, end in sample.quiet_turns:
+                decisions[0] += int(predicted[first]) not in bracket_ids and bool(correct[end])
                 decisions[1] += 1
             for call in sample.calls:
                 intents[0] += bool(correct[call.start : call.intent_end].all())

@@ -1,0 +1,120 @@
+"""Which decoding settings the app should ship: samplers, repetition penalties and the grammar, measured.
+
+    .venv/bin/python bench/decode_sweep.py runs/smollm2-135m              # the file the run ships
+    .venv/bin/python bench/decode_sweep.py runs/smollm2-135m --quant F16 --json
+
+Cactus 0.2.x exposes llama.cpp's samplers, and a small model's behaviour depends on them as much as
+on its weights: greedy decoding loops, a repetition penalty breaks loops but also weighs on the call
+syntax already in the context, and a grammar makes calls valid without making the model call. Each
+setting below is scored on every held-out turn of the run (the same columns `dmforge eval` makes, so
+a setting's numbers compare directly with the run's report), and plays the scripted playtest, whose
+long session is where loops show. The table goes to `<run>/bench/decode.md` and `.json`.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from pathlib import Path
+
+from rich.console import Console
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT / "src"))
+
+from dmforge.config import load_config  # noqa: E402
+from dmforge.evaluation.columns import Column, score_column  # noqa: E402
+from dmforge.evaluation.run import load_setup, play_session  # noqa: E402
+from dmforge.evaluation.runtime import Runtime  # noqa: E402
+from dmforge.export.ship import shipped  # noqa: E402
+from dmforge.files import write_json, write_text  # noqa: E402
+from dmforge.tools.grammar import registry_grammar  # noqa: E402
+from dmforge.tools.registry import load_registry  # noqa: E402
+
+GREEDY = {"temperature": 0.0, "penalty_repeat": 1.0, "dry_multiplier": 0.0}
+SETTINGS: dict[str, dict] = {
+    "greedy": {**GREEDY, "grammar": "off"},
+    "greedy + grammar": {**GREEDY, "grammar": "full"},
+    "greedy + lazy grammar": {**GREEDY, "grammar": "lazy"},
+    "penalty 1.1/64 + grammar": {**GREEDY, "penalty_repeat": 1.1, "penalty_last_n": 64, "grammar": "full"},
+    "penalty 1.1/256 + grammar": {**GREEDY, "penalty_repeat": 1.1, "penalty_last_n": 256, "grammar": "full"},
+    "penalty 1.2/64 + grammar": {**GREEDY, "penalty_repeat": 1.2, "penalty_last_n": 64, "grammar": "full"},
+    "DRY 0.8 + grammar": {**GREEDY, "dry_multiplier": 0.8, "grammar": "full"},
+    "temp 0.7, top-p 0.9, min-p 0.05, penalty 1.1 + grammar": {
+        "temperature": 0.7,
+        "top_p": 0.9,
+        "min_p": 0.05,
+        "penalty_repeat": 1.1,
+        "penalty_last_n": 64,
+        "dry_multiplier": 0.0,
+        "grammar": "full",
+    },
+}
+KEYS = [
+    ("call_decision_accuracy", "decision"),
+    ("intent_match", "intent"),
+    ("exact_call_match", "exact"),
+    ("call_validity", "validity"),
+    ("loop_rate", "loops"),
+    ("call_f1", "call F1"),
+    ("mean_reply_tokens", "reply tokens"),
+]
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("run", type=Path, help="A run folder that has been exported and evaluated.")
+    parser.add_argument("--quant", help="The file to score (default: the one the run ships).")
+    parser.add_argument("--only", help="Comma-separated setting names (default: all).")
+    parser.add_argument("--json", action="store_true", help="Print the results as JSON.")
+    args = parser.parse_args()
+    console = Console(stderr=True)
+    config = load_config(args.run / "config.yaml")
+    registry = load_registry(config.data.tool_registry)
+    setup = load_setup(args.run, config, registry)
+    report_path = args.run / "eval" / "report.json"
+    report = json.loads(report_path.read_text()) if report_path.is_file() else None
+    path = shipped(setup.export, report, args.quant).path
+    names = args.only.split(",") if args.only else list(SETTINGS)
+    store = args.run / "bench" / "decode.json"
+    results = json.loads(store.read_text()) if store.is_file() else {}
+    results = {k: v for k, v in results.items() if v.get("file") == path.name}
+    for name in names:
+        if name in results:
+            console.print(f"[cyan]{name}[/]: done already")
+            continue
+        console.print(f"[bold]{name}[/] on {path.name}")
+        decode = config.decode.model_copy(update=SETTINGS[name])
+        grammar = registry_grammar(registry, lazy=decode.grammar == "lazy") if decode.grammar != "off" else None
+        scored = score_column(Column(name, path.name, path, decode, grammar), setup.turns, registry, setup.n_ctx, [])
+        session = play_session(Runtime(path, setup.n_ctx), setup.fmt, setup.n_ctx, config, registry, decode, grammar)
+        results[name] = {
+            "file": path.name,
+            "settings": SETTINGS[name],
+            "metrics": scored["metrics"],
+            "playtest": {k: session[k] for k in ("dm_replies", "calls", "valid_calls", "loops")},
+        }
+        write_json(store, results)
+    lines = [
+        f"Decoding settings on {path.name}, {len(setup.turns)} held-out turns, n_ctx {setup.n_ctx}:",
+        "",
+        "| setting | " + " | ".join(label for _, label in KEYS) + " | playtest: calls (valid) | playtest: loops |",
+        "|" + "---|" * (len(KEYS) + 3),
+    ]
+    for name, r in results.items():
+        cells = [_fmt(r["metrics"].get(k)) for k, _ in KEYS]
+        p = r["playtest"]
+        play_cells = f" | {p['calls']} ({p['valid_calls']}) | {p['loops']}/{p['dm_replies']} |"
+        lines.append(f"| {name} | " + " | ".join(cells) + play_cells)
+    table = "\n".join(lines) + "\n"
+    write_text(args.run / "bench" / "decode.md", table)
+    sys.stdout.write(json.dumps(results, indent=2) + "\n" if args.json else table)
+
+
+def _fmt(value) -> str:
+    return "–" if value is None else f"{value:.3f}" if isinstance(value, float) else str(value)
+
+
+if __name__ == "__main__":
+    main()
