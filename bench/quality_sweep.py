@@ -48,6 +48,7 @@ VARIANTS: dict[str, tuple[str, dict]] = {
     "epochs4": ("4 epochs", {"train": {"epochs": 4.0}}),
     "augment1": ("one renamed copy of each training scenario", {"data": {"augment_copies": 1}}),
     "neftune5": ("NEFTune noise, alpha 5", {"train": {"neftune_alpha": 5.0}}),
+    "loss-all": ("loss on every token, not only the DM's", {"train": {"loss_on": "all"}}),
     "top-half": ("LoRA on the top 15 of 30 layers (faster steps)", {"train": {"lora_layers": 15}}),
     "loss-select": ("adapter chosen by validation loss", {"train": {"select_by": "loss"}}),
 }

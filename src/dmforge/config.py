@@ -156,6 +156,11 @@ class TrainConfig(_Section):
         description="Loss weight of the tokens that decide and write a tool call (each call, and the end of a turn "
         "that makes none), against 1 for narration. Calls are a few percent of a DM's tokens.",
     )
+    loss_on: Literal["dm", "all"] = Field(
+        "dm",
+        description="Which tokens the loss trains: the DM's turns only (`dm`), or every token of the conversation "
+        "(`all`: the players' lines and tool results too). Validation always scores the DM's turns.",
+    )
     neftune_alpha: float = Field(
         0.0, ge=0.0, description="NEFTune: scale of uniform noise on the input embeddings while training (0 = off)."
     )

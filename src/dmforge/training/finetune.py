@@ -171,6 +171,9 @@ def finetune(
         if conversations["validation"]
         else []
     )
+    if t.loss_on == "all":  # every token is a target; the DM turns keep their spans for the call weights
+        for sample in train:
+            sample.labels = list(sample.input_ids)
     windowed = sum(s.windowed for s in train)
     stats_path = dataset_dir / "stats.json"
     stats_json = json.loads(stats_path.read_text())
