@@ -68,6 +68,11 @@ def main() -> None:
     parser.add_argument("--quant", help="The file to score (default: the one the run ships).")
     parser.add_argument("--only", help="Comma-separated setting names (default: all).")
     parser.add_argument("--json", action="store_true", help="Print the results as JSON.")
+    parser.add_argument(
+        "--max-turns",
+        type=int,
+        help="Score every k-th held-out turn, this many in all (default: every turn). Faster, noisier.",
+    )
     args = parser.parse_args()
     console = Console(stderr=True)
     config = load_config(args.run / "config.yaml")
@@ -76,10 +81,14 @@ def main() -> None:
     report_path = args.run / "eval" / "report.json"
     report = json.loads(report_path.read_text()) if report_path.is_file() else None
     path = shipped(setup.export, report, args.quant).path
+    turns = setup.turns
+    if args.max_turns and args.max_turns < len(turns):
+        step = len(turns) / args.max_turns  # spread over every validation scenario, not its first few
+        turns = [turns[int(i * step)] for i in range(args.max_turns)]
     names = args.only.split(",") if args.only else list(SETTINGS)
     store = args.run / "bench" / "decode.json"
     results = json.loads(store.read_text()) if store.is_file() else {}
-    results = {k: v for k, v in results.items() if v.get("file") == path.name}
+    results = {k: v for k, v in results.items() if v.get("file") == path.name and v.get("turns") == len(turns)}
     for name in names:
         if name in results:
             console.print(f"[cyan]{name}[/]: done already")
@@ -87,17 +96,18 @@ def main() -> None:
         console.print(f"[bold]{name}[/] on {path.name}")
         decode = config.decode.model_copy(update=SETTINGS[name])
         grammar = registry_grammar(registry, lazy=decode.grammar == "lazy") if decode.grammar != "off" else None
-        scored = score_column(Column(name, path.name, path, decode, grammar), setup.turns, registry, setup.n_ctx, [])
+        scored = score_column(Column(name, path.name, path, decode, grammar), turns, registry, setup.n_ctx, [])
         session = play_session(Runtime(path, setup.n_ctx), setup.fmt, setup.n_ctx, config, registry, decode, grammar)
         results[name] = {
             "file": path.name,
+            "turns": len(turns),
             "settings": SETTINGS[name],
             "metrics": scored["metrics"],
             "playtest": {k: session[k] for k in ("dm_replies", "calls", "valid_calls", "loops")},
         }
         write_json(store, results)
     lines = [
-        f"Decoding settings on {path.name}, {len(setup.turns)} held-out turns, n_ctx {setup.n_ctx}:",
+        f"Decoding settings on {path.name}, {len(turns)} held-out turns, n_ctx {setup.n_ctx}:",
         "",
         "| setting | " + " | ".join(label for _, label in KEYS) + " | playtest: calls (valid) | playtest: loops |",
         "|" + "---|" * (len(KEYS) + 3),

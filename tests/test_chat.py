@@ -111,9 +111,7 @@ def test_no_window_separates_a_call_from_its_result(smollm2_tokenizer, corpus_co
     assert starts > 100, "the 512-token context windows many turns of the sample corpus"
 
 
-def test_the_whole_sample_corpus_trains_at_512_tokens_and_windows_are_counted(
-    smollm2_tokenizer, corpus_conversations
-):
+def test_the_whole_sample_corpus_trains_at_512_tokens_and_windows_are_counted(smollm2_tokenizer, corpus_conversations):
     tok = smollm2_tokenizer
     fmt = detect_chat_format(tok)
     whole = build_samples(tok, fmt, corpus_conversations, 4096, 192)

@@ -197,7 +197,7 @@ def test_the_call_order_option_reorders_every_dm_turn_of_the_dataset():
     from dmforge.tools.syntax import find_calls
 
     scenario = CORPUS_SCENARIOS[0]
-    written = to_conversation(scenario, DataConfig())
+    written = to_conversation(scenario, DataConfig(call_order="as_written"))
     first = to_conversation(scenario, DataConfig(call_order="first"))
     for a, b in zip(written["messages"], first["messages"], strict=True):
         assert find_calls(a["content"]) == find_calls(b["content"]), "the same calls in the same order"

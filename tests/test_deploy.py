@@ -82,8 +82,8 @@ def test_deploy_writes_the_model_and_the_config(tmp_path: Path):
 
 def test_redeploy_keeps_the_previous_model_as_a_backup(tmp_path: Path):
     app = _app(tmp_path)
-    deploy(_exported_run(tmp_path, b"old model"), app, )
-    result = deploy(_exported_run(tmp_path, b"new model"), app, )
+    deploy(_exported_run(tmp_path, b"old model"), app)
+    result = deploy(_exported_run(tmp_path, b"new model"), app)
     assert result.model.read_bytes() == b"new model"
     assert result.backup == result.model.with_name("dungeon-master.gguf.previous")
     assert result.backup.read_bytes() == b"old model"
@@ -91,7 +91,7 @@ def test_redeploy_keeps_the_previous_model_as_a_backup(tmp_path: Path):
 
 def test_a_failure_midway_leaves_the_old_model_in_place(tmp_path: Path, monkeypatch):
     app = _app(tmp_path)
-    deploy(_exported_run(tmp_path, b"old model"), app, )
+    deploy(_exported_run(tmp_path, b"old model"), app)
     run = _exported_run(tmp_path, b"new model")
     real_replace = os.replace
 
@@ -110,18 +110,18 @@ def test_a_failure_midway_leaves_the_old_model_in_place(tmp_path: Path, monkeypa
 
 def test_an_export_that_failed_verification_is_not_deployed(tmp_path: Path):
     with pytest.raises(DmforgeError, match="failed verification"):
-        deploy(_exported_run(tmp_path, passed=False), _app(tmp_path), )
+        deploy(_exported_run(tmp_path, passed=False), _app(tmp_path))
 
 
 def test_the_app_folder_is_checked(tmp_path: Path):
     run = _exported_run(tmp_path)
     with pytest.raises(DmforgeError, match="does not exist"):
-        deploy(run, tmp_path / "nowhere", )
+        deploy(run, tmp_path / "nowhere")
     (tmp_path / "not-an-app").mkdir()
     with pytest.raises(DmforgeError, match=r"no package\.json"):
-        deploy(run, tmp_path / "not-an-app", )
+        deploy(run, tmp_path / "not-an-app")
     with pytest.raises(DmforgeError, match="has no exported GGUF"):
-        deploy(tmp_path / "empty-run", _app(tmp_path), )
+        deploy(tmp_path / "empty-run", _app(tmp_path))
 
 
 def test_the_evaluated_choice_ships_unless_a_type_is_named(tmp_path: Path):
@@ -141,7 +141,10 @@ def test_a_run_that_was_never_evaluated_is_not_deployed_blindly(tmp_path: Path):
 def test_a_lazy_grammar_is_triggered_by_a_pattern(tmp_path: Path):
     config = DmforgeConfig(decode={"grammar": "lazy"})
     completion = deploy(_exported_run(tmp_path), _app(tmp_path), config=config).values["completion"]
-    assert completion["grammar_lazy"] is True and completion["grammar"].splitlines()[2] == "root ::= call text (call text)*"
+    assert (
+        completion["grammar_lazy"] is True
+        and completion["grammar"].splitlines()[2] == "root ::= call text (call text)*"
+    )
     # Type 2 (a pattern): a one-token word trigger would also need `preserved_tokens`, which the jinja path drops.
     assert completion["grammar_triggers"] == [{"type": 2, "value": "\\[", "token": 0}]
 

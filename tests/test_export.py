@@ -109,8 +109,12 @@ def test_export_passes_every_check_and_compares_quantizations(exported):
     assert rows["Q4_0"]["bytes"] < rows["Q4_K_M"]["bytes"] < rows["Q8_0"]["bytes"] < rows["F16"]["bytes"]
     assert rows["Q8_0"]["kl_vs_f16"] < rows["Q4_K_M"]["kl_vs_f16"]
     assert 0 <= rows["Q4_K_M"]["greedy_agreement"] <= 1
-    assert rows["Q4_K_M"]["fallback_share"] > 0.5 and rows["Q8_0"]["fallback_share"] == rows["Q4_0"]["fallback_share"] == 0
-    assert any(w.startswith("Q4_K_M does not fit this model") for w in report["warnings"]), "576-wide SmolLM2 falls back"
+    assert (
+        rows["Q4_K_M"]["fallback_share"] > 0.5 and rows["Q8_0"]["fallback_share"] == rows["Q4_0"]["fallback_share"] == 0
+    )
+    assert any(w.startswith("Q4_K_M does not fit this model") for w in report["warnings"]), (
+        "576-wide SmolLM2 falls back"
+    )
     assert report["sample_reply"]["reply"].strip()
 
 

@@ -26,7 +26,12 @@ def test_catalog_has_the_presets_the_app_needs():
     # The quant that suits each base follows its widths: K-quants need multiples of 256.
     for preset in catalog.values():
         assert preset.takes_k_quants == (preset.quant == "Q4_K_M"), preset.name
-    assert {n for n, p in catalog.items() if p.takes_k_quants} == {"qwen3-0.6b", "qwen3-1.7b", "llama3.2-1b", "lfm2-350m"}
+    assert {n for n, p in catalog.items() if p.takes_k_quants} == {
+        "qwen3-0.6b",
+        "qwen3-1.7b",
+        "llama3.2-1b",
+        "lfm2-350m",
+    }
 
 
 def test_the_preflight_names_the_largest_base_that_fits_the_budget():
