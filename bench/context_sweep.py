@@ -22,6 +22,8 @@ from rich.console import Console
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT / "src"))
 
+from tables import CALL_METRICS, cell  # noqa: E402
+
 from dmforge.config import load_config  # noqa: E402
 from dmforge.evaluation.columns import Column, score_column  # noqa: E402
 from dmforge.evaluation.run import load_setup  # noqa: E402
@@ -31,13 +33,7 @@ from dmforge.files import write_json, write_text  # noqa: E402
 from dmforge.tools.grammar import registry_grammar  # noqa: E402
 from dmforge.tools.registry import load_registry  # noqa: E402
 
-KEYS = [
-    ("call_decision_accuracy", "decision"),
-    ("intent_match", "intent"),
-    ("exact_call_match", "exact"),
-    ("call_validity", "validity"),
-    ("loop_rate", "loops"),
-]
+KEYS = CALL_METRICS
 
 
 def kv_cache_mb(runtime: Runtime, n_ctx: int) -> float:
@@ -93,17 +89,13 @@ def main() -> None:
         "|" + "---|" * (4 + len(KEYS)),
     ]
     for r in sorted(results.values(), key=lambda r: (r["file"], r["n_ctx"])):
-        cells = " | ".join(_fmt(r["metrics"].get(k)) for k, _ in KEYS)
+        cells = " | ".join(cell(r["metrics"].get(k)) for k, _ in KEYS)
         lines.append(
             f"| {r['file']} | {r['n_ctx']} | {r['kv_cache_mb']:.0f} MB | {r['windowed']}/{r['turns']} | {cells} |"
         )
     table = "\n".join(lines) + "\n"
     write_text(args.run / "bench" / "context.md", table)
     sys.stdout.write(json.dumps(results, indent=2) + "\n" if args.json else table)
-
-
-def _fmt(value) -> str:
-    return "–" if value is None else f"{value:.3f}" if isinstance(value, float) else str(value)
 
 
 if __name__ == "__main__":

@@ -23,6 +23,8 @@ from rich.console import Console
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT / "src"))
 
+from tables import CALL_METRICS, cell  # noqa: E402
+
 from dmforge.config import load_config  # noqa: E402
 from dmforge.evaluation.columns import Column, score_column  # noqa: E402
 from dmforge.evaluation.run import load_setup, play_session  # noqa: E402
@@ -38,6 +40,8 @@ SETTINGS: dict[str, dict] = {
     "greedy + grammar": {**GREEDY, "grammar": "full"},
     "greedy + lazy grammar": {**GREEDY, "grammar": "lazy"},
     "penalty 1.1/64 + grammar": {**GREEDY, "penalty_repeat": 1.1, "penalty_last_n": 64, "grammar": "full"},
+    "penalty 1.1/64 + lazy grammar": {**GREEDY, "penalty_repeat": 1.1, "penalty_last_n": 64, "grammar": "lazy"},
+    "penalty 1.1/64, no grammar": {**GREEDY, "penalty_repeat": 1.1, "penalty_last_n": 64, "grammar": "off"},
     "penalty 1.1/256 + grammar": {**GREEDY, "penalty_repeat": 1.1, "penalty_last_n": 256, "grammar": "full"},
     "penalty 1.2/64 + grammar": {**GREEDY, "penalty_repeat": 1.2, "penalty_last_n": 64, "grammar": "full"},
     "DRY 0.8 + grammar": {**GREEDY, "dry_multiplier": 0.8, "grammar": "full"},
@@ -51,15 +55,7 @@ SETTINGS: dict[str, dict] = {
         "grammar": "full",
     },
 }
-KEYS = [
-    ("call_decision_accuracy", "decision"),
-    ("intent_match", "intent"),
-    ("exact_call_match", "exact"),
-    ("call_validity", "validity"),
-    ("loop_rate", "loops"),
-    ("call_f1", "call F1"),
-    ("mean_reply_tokens", "reply tokens"),
-]
+KEYS = [*CALL_METRICS, ("call_f1", "call F1"), ("mean_reply_tokens", "reply tokens")]
 
 
 def main() -> None:
@@ -113,17 +109,13 @@ def main() -> None:
         "|" + "---|" * (len(KEYS) + 3),
     ]
     for name, r in results.items():
-        cells = [_fmt(r["metrics"].get(k)) for k, _ in KEYS]
+        cells = [cell(r["metrics"].get(k)) for k, _ in KEYS]
         p = r["playtest"]
         play_cells = f" | {p['calls']} ({p['valid_calls']}) | {p['loops']}/{p['dm_replies']} |"
         lines.append(f"| {name} | " + " | ".join(cells) + play_cells)
     table = "\n".join(lines) + "\n"
     write_text(args.run / "bench" / "decode.md", table)
     sys.stdout.write(json.dumps(results, indent=2) + "\n" if args.json else table)
-
-
-def _fmt(value) -> str:
-    return "–" if value is None else f"{value:.3f}" if isinstance(value, float) else str(value)
 
 
 if __name__ == "__main__":

@@ -25,6 +25,8 @@ from rich.console import Console
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT / "src"))
 
+from tables import CALL_METRICS, cell  # noqa: E402
+
 from dmforge.config import load_config  # noqa: E402
 from dmforge.evaluation.columns import Column, perplexity_samples, score_column  # noqa: E402
 from dmforge.evaluation.runtime import GREEDY  # noqa: E402
@@ -111,15 +113,7 @@ def run_variant(
     }
 
 
-KEYS = [
-    ("call_decision_accuracy", "decision"),
-    ("intent_match", "intent"),
-    ("exact_call_match", "exact"),
-    ("call_validity", "validity"),
-    ("loop_rate", "loops"),
-    ("call_f1", "call F1"),
-    ("perplexity", "ppl"),
-]
+KEYS = [*CALL_METRICS, ("call_f1", "call F1"), ("perplexity", "ppl")]
 
 
 def table(results: dict[str, dict]) -> str:
@@ -128,15 +122,11 @@ def table(results: dict[str, dict]) -> str:
     lines = [head, "|" + "---|" * (4 + len(KEYS) + 3)]
     for name, r in results.items():
         app, greedy = r["app"], r["greedy"]
-        cells = [_fmt(app.get(k)) for k, _ in KEYS]
-        cells += [_fmt(greedy.get(k)) for k in ("call_decision_accuracy", "intent_match", "loop_rate")]
+        cells = [cell(app.get(k)) for k, _ in KEYS]
+        cells += [cell(greedy.get(k)) for k in ("call_decision_accuracy", "intent_match", "loop_rate")]
         run = f"| {name} | {r['what']} | {r['steps']} ({r['best_step']}) | {r['train_minutes']} | "
         lines.append(run + " | ".join(cells) + " |")
     return "\n".join(lines) + "\n"
-
-
-def _fmt(value) -> str:
-    return "–" if value is None else f"{value:.3f}" if isinstance(value, float) else str(value)
 
 
 def main() -> None:

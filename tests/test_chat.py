@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from contextlib import contextmanager
+
 import pytest
 
 from dmforge.errors import DmforgeError
@@ -157,38 +159,43 @@ def test_a_conversation_without_dm_turns_has_nothing_to_learn(smollm2_tokenizer)
         build_samples(smollm2_tokenizer, fmt, [conversation], 512)
 
 
-def test_templates_without_a_tool_role_get_results_in_a_user_turn(smollm2_tokenizer, corpus_conversations):
-    tok = smollm2_tokenizer
+@contextmanager
+def chat_template(tok, template: str):
+    """The session tokenizer with another template for one test, restored even when the test fails."""
     original = tok.chat_template
+    tok.chat_template = template
     try:
-        # A ChatML variant that refuses unknown roles, as many templates do.
-        tok.chat_template = (
-            "{% for m in messages %}{% if m['role'] not in ['system', 'user', 'assistant'] %}"
-            "{{ raise_exception('unknown role') }}{% endif %}"
-            "{{ '<|im_start|>' + m['role'] + '\n' + m['content'] + '<|im_end|>\n' }}{% endfor %}"
-            "{% if add_generation_prompt %}{{ '<|im_start|>assistant\n' }}{% endif %}"
-        )
+        yield tok
+    finally:
+        tok.chat_template = original
+
+
+def test_templates_without_a_tool_role_get_results_in_a_user_turn(smollm2_tokenizer, corpus_conversations):
+    # A ChatML variant that refuses unknown roles, as many templates do.
+    refuses_tool_role = (
+        "{% for m in messages %}{% if m['role'] not in ['system', 'user', 'assistant'] %}"
+        "{{ raise_exception('unknown role') }}{% endif %}"
+        "{{ '<|im_start|>' + m['role'] + '\n' + m['content'] + '<|im_end|>\n' }}{% endfor %}"
+        "{% if add_generation_prompt %}{{ '<|im_start|>assistant\n' }}{% endif %}"
+    )
+    with chat_template(smollm2_tokenizer, refuses_tool_role) as tok:
         fmt = detect_chat_format(tok, "auto", "Tool results:\n")
         assert not fmt.tool_role
         conversation = next(c for c in corpus_conversations if any(m["role"] == "tool" for m in c["messages"]))
         (sample,) = conversation_samples(tok, fmt, conversation, 4096)
         text = tok.decode(sample.input_ids)
         assert "<|im_start|>tool" not in text and "<|im_start|>user\nTool results:\n[" in text
-    finally:
-        tok.chat_template = original
 
 
 def test_templates_that_rewrite_history_get_one_sample_per_turn(smollm2_tokenizer, corpus_conversations):
-    tok = smollm2_tokenizer
-    original = tok.chat_template
-    try:
-        # Earlier assistant turns are shortened once a later message exists (like reasoning-stripping templates).
-        tok.chat_template = (
-            "{% for m in messages %}{% set c = m['content'] %}"
-            "{% if m['role'] == 'assistant' and not loop.last %}{% set c = c[:20] %}{% endif %}"
-            "{{ '<|im_start|>' + m['role'] + '\n' + c + '<|im_end|>\n' }}{% endfor %}"
-            "{% if add_generation_prompt %}{{ '<|im_start|>assistant\n' }}{% endif %}"
-        )
+    # Earlier assistant turns are shortened once a later message exists (like reasoning-stripping templates).
+    rewrites_history = (
+        "{% for m in messages %}{% set c = m['content'] %}"
+        "{% if m['role'] == 'assistant' and not loop.last %}{% set c = c[:20] %}{% endif %}"
+        "{{ '<|im_start|>' + m['role'] + '\n' + c + '<|im_end|>\n' }}{% endfor %}"
+        "{% if add_generation_prompt %}{{ '<|im_start|>assistant\n' }}{% endif %}"
+    )
+    with chat_template(smollm2_tokenizer, rewrites_history) as tok:
         fmt = detect_chat_format(tok)
         assert not fmt.prefix_stable
         conversation = corpus_conversations[0]
@@ -198,8 +205,6 @@ def test_templates_that_rewrite_history_get_one_sample_per_turn(smollm2_tokenize
         last = samples[-1]
         first, end = last.dm_spans[0]
         assert tok.decode(last.input_ids[first:end]) == conversation["messages"][-1]["content"] + "<|im_end|>"
-    finally:
-        tok.chat_template = original
 
 
 def test_supplied_gemma_template_renders_system_and_tool_turns(smollm2_tokenizer):
