@@ -1,7 +1,7 @@
 """Which training recipe makes the best Dungeon Master: train variants, export each, score the GGUF.
 
     .venv/bin/python bench/quality_sweep.py                      # every variant, default budget
-    .venv/bin/python bench/quality_sweep.py --only base,weight5  # some of them
+    .venv/bin/python bench/quality_sweep.py --only default,as-written  # some of them
     .venv/bin/python bench/quality_sweep.py --steps 40 --json    # a fixed number of optimizer steps each
 
 Each variant is the default config with a few options changed. It is trained on the sample corpus
@@ -40,9 +40,10 @@ from dmforge.training.finetune import finetune  # noqa: E402
 
 # name → (what it tests, config overrides). Every variant starts from the defaults in config.py.
 VARIANTS: dict[str, tuple[str, dict]] = {
+    "default": ("the defaults as they stand", {}),
     "plain": ("no call weighting", {"train": {"call_loss_weight": 1.0}}),
     "calls-first": ("calls before the narration in training", {"data": {"call_order": "first"}}),
-    "weight3": ("call tokens weighted 3x", {"train": {"call_loss_weight": 3.0}}),
+    "as-written": ("calls where the scenario writes them", {"data": {"call_order": "as_written"}}),
     "weight6": ("call tokens weighted 6x", {"train": {"call_loss_weight": 6.0}}),
     "lr5e-4": ("learning rate 5e-4", {"train": {"learning_rate": 5e-4}}),
     "lr2e-3": ("learning rate 2e-3", {"train": {"learning_rate": 2e-3}}),
