@@ -41,7 +41,7 @@ SETTINGS: dict[str, dict] = {
     "greedy + lazy grammar": {**GREEDY, "grammar": "lazy"},
     "penalty 1.1/64 + grammar": {**GREEDY, "penalty_repeat": 1.1, "penalty_last_n": 64, "grammar": "full"},
     "penalty 1.1/64 + lazy grammar": {**GREEDY, "penalty_repeat": 1.1, "penalty_last_n": 64, "grammar": "lazy"},
-    "penalty 1.1/64, no grammar": {**GREEDY, "penalty_repeat": 1.1, "penalty_last_n": 64, "grammar": "off"},
+    "penalty 1.1/64 without grammar": {**GREEDY, "penalty_repeat": 1.1, "penalty_last_n": 64, "grammar": "off"},
     "penalty 1.1/256 + grammar": {**GREEDY, "penalty_repeat": 1.1, "penalty_last_n": 256, "grammar": "full"},
     "penalty 1.2/64 + grammar": {**GREEDY, "penalty_repeat": 1.2, "penalty_last_n": 64, "grammar": "full"},
     "DRY 0.8 + grammar": {**GREEDY, "dry_multiplier": 0.8, "grammar": "full"},
