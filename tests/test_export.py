@@ -12,6 +12,7 @@ import pytest
 from conftest import SMOLLM2_CHAT_FORMAT
 from dmforge.export.convert import converter_ready_config, stage_for_converter
 from dmforge.export.converter import extract_converter
+from dmforge.files import MARKER
 
 # --- fast: the fixes themselves ------------------------------------------------------------------
 
@@ -55,7 +56,7 @@ def test_the_converter_is_extracted_from_the_sdist_only(tmp_path: Path):
         archive.add(root, arcname=root.name)
     target = tmp_path / "converter"
     extract_converter(sdist, target)
-    files = sorted(p.relative_to(target).as_posix() for p in target.rglob("*") if p.is_file())
+    files = sorted(p.relative_to(target).as_posix() for p in target.rglob("*") if p.is_file() and p.name != MARKER)
     assert files == ["convert_hf_to_gguf.py", "gguf-py/gguf/__init__.py"]
 
 

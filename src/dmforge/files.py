@@ -9,6 +9,7 @@ from __future__ import annotations
 import errno
 import json
 import os
+import re
 import shutil
 import tempfile
 from collections.abc import Iterator
@@ -61,25 +62,187 @@ def write_json(path: Path, data: object) -> None:
     write_text(path, json.dumps(data, indent=2, ensure_ascii=False, default=str) + "\n")
 
 
-@contextmanager
-def staged_dir(dest: Path) -> Iterator[Path]:
-    """Yield an empty folder beside `dest`; on success it replaces `dest`, on any failure it vanishes.
+def read_json(path: Path, fix: str) -> dict:
+    """A JSON file dmforge wrote earlier; a torn or hand-edited one is an error that names it and says `fix`."""
+    path = Path(path)
+    try:
+        data = json.loads(path.read_text(encoding="utf-8"))
+    except json.JSONDecodeError as exc:
+        raise DmforgeError(f"{path} is not valid JSON (line {exc.lineno}: {exc.msg}). {fix}") from exc
+    except (OSError, UnicodeDecodeError) as exc:
+        raise DmforgeError(f"{path} cannot be read ({getattr(exc, 'strerror', None) or exc}). {fix}") from exc
+    if not isinstance(data, dict):
+        raise DmforgeError(f"{path} does not hold a JSON object. {fix}")
+    return data
 
-    The old folder is moved aside before the new one is renamed in, and deleted only after,
-    so at every instant one complete version exists on disk.
+
+def read_json_or_none(path: Path) -> dict | None:
+    """A cache or record dmforge can rebuild: missing, torn or hand-edited reads as None (not there)."""
+    try:
+        data = json.loads(Path(path).read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return None
+    return data if isinstance(data, dict) else None
+
+
+def partial_path(dest: Path) -> Path:
+    """A name beside `dest` that no other process uses: `.{name}.{pid}-{random}.partial`.
+
+    Fixed temporary names let two runs clobber each other's half-written files; the pid and a random
+    part keep them apart, and the common suffix lets `clean_partials` find what a killed process left.
     """
     dest = Path(dest)
+    return dest.with_name(f".{dest.name}.{os.getpid()}-{os.urandom(4).hex()}.partial")
+
+
+def clean_partials(dest: Path) -> list[Path]:
+    """Delete what killed writers left beside `dest` (its `.partial` files and folders); return them.
+
+    Call it only while holding the lock on the folder (locks.py), so no live writer's file is removed.
+    """
+    dest = Path(dest)
+    removed = []
+    for leftover in dest.parent.glob(f".{glob_escape(dest.name)}.*.partial"):
+        if leftover.is_dir() and not leftover.is_symlink():
+            shutil.rmtree(leftover, ignore_errors=True)
+        else:
+            leftover.unlink(missing_ok=True)
+        removed.append(leftover)
+    return removed
+
+
+def glob_escape(name: str) -> str:
+    return re.sub(r"([*?\[])", r"[\1]", name)
+
+
+def fsync_tree(folder: Path) -> None:
+    """Flush every file under `folder`, and the folders themselves, to the disk.
+
+    A rename is atomic, but without this a power cut can leave the renamed folder holding empty files:
+    the old checkpoint must not be dropped before the new one's bytes are on the disk.
+    """
+    for root, _dirs, names in os.walk(folder):
+        for name in names:
+            path = os.path.join(root, name)
+            if os.path.islink(path):
+                continue
+            fd = os.open(path, os.O_RDONLY)
+            try:
+                os.fsync(fd)
+            finally:
+                os.close(fd)
+        fsync_dir(Path(root))
+
+
+def fsync_dir(folder: Path) -> None:
+    try:
+        fd = os.open(folder, os.O_RDONLY)
+    except OSError:
+        return
+    try:
+        os.fsync(fd)
+    except OSError:
+        pass  # some filesystems cannot sync a directory; the files themselves are synced
+    finally:
+        os.close(fd)
+
+
+# dmforge writes this file into every output folder it creates, and replaces or deletes only folders
+# that carry it: a folder of the user's notes passed as `--out` is refused, never emptied.
+MARKER = ".dmforge-output"
+
+
+def is_inside(path: Path, folder: Path) -> bool:
+    """`path` is `folder` or lies below it, after resolving links and `..`."""
+    path, folder = Path(path).resolve(), Path(folder).resolve()
+    return path == folder or folder in path.parents
+
+
+def refuse_overlap(out: Path, protected: Path, what: str) -> None:
+    """Refuse an output folder that holds `protected` (the scenarios) or lies inside it."""
+    if is_inside(protected, out):
+        raise DmforgeError(
+            f"The output folder {out} holds the {what} {protected}, so writing it would replace them. "
+            "Choose an output folder outside the scenarios (the default is data/dataset).",
+            exit_code=2,
+        )
+    if is_inside(out, protected):
+        raise DmforgeError(
+            f"The output folder {out} lies inside the {what} {protected}. dmforge reads every file there, so its "
+            "own output would be read back as input. Choose an output folder outside the scenarios.",
+            exit_code=2,
+        )
+
+
+def _owned(folder: Path) -> bool:
+    return (folder / MARKER).is_file()
+
+
+def check_replaceable(dest: Path) -> None:
+    """Refuse to replace `dest` unless it is missing, empty, or a folder dmforge made (it holds `MARKER`)."""
+    dest = Path(dest)
+    if dest.is_symlink() or (dest.exists() and not dest.is_dir()):
+        raise DmforgeError(
+            f"{dest} is {'a link' if dest.is_symlink() else 'a file'}, not a folder dmforge made, so dmforge will "
+            "not replace it. Choose another output folder.",
+            exit_code=2,
+        )
+    if dest.is_dir() and not _owned(dest) and any(dest.iterdir()):
+        raise DmforgeError(
+            f"{dest} already holds files that dmforge did not write (it has no {MARKER} file), so dmforge will not "
+            "replace it. Choose another output folder, or move those files away and run the command again.",
+            exit_code=2,
+        )
+
+
+def claim_folder(folder: Path, legacy_sign: str | None = None) -> Path:
+    """Create `folder` as dmforge's, or accept it if it is already dmforge's; refuse anything else.
+
+    A run folder is written into, not replaced, so this is the check `staged_dir` makes for replaced
+    folders. `legacy_sign` names a file that marks folders made before the marker existed.
+    """
+    folder = Path(folder)
+    if folder.exists() and not folder.is_dir():
+        raise DmforgeError(f"{folder} is a file, not a folder. Name a folder (or none, for a new one).", exit_code=2)
+    legacy = legacy_sign is not None and (folder / legacy_sign).is_file()
+    if folder.is_dir() and not _owned(folder) and not legacy and any(folder.iterdir()):
+        raise DmforgeError(
+            f"{folder} already holds files that dmforge did not write (it has no {MARKER} file), so dmforge "
+            "will not write into it. Name a new or empty folder, or none for a fresh one.",
+            exit_code=2,
+        )
+    try:
+        folder.mkdir(parents=True, exist_ok=True)
+        if not _owned(folder):
+            (folder / MARKER).write_text("This folder was written by dmforge; dmforge may replace what it holds.\n")
+    except OSError as exc:
+        raise _explain_os_error(exc, folder) from exc
+    return folder
+
+
+@contextmanager
+def staged_dir(dest: Path, replace_unmarked: bool = False) -> Iterator[Path]:
+    """Yield an empty folder beside `dest`; on success it replaces `dest`, on any failure it vanishes.
+
+    The old folder is moved aside before the new one is renamed in, and deleted only after, so at every
+    instant one complete version exists on disk. Only a folder dmforge made is replaced (see `MARKER`);
+    `replace_unmarked` is for folders inside dmforge's own cache or run folders, made before the marker.
+    """
+    dest = Path(dest)
+    if not replace_unmarked:
+        check_replaceable(dest)
     try:
         dest.parent.mkdir(parents=True, exist_ok=True)
-        stage = Path(tempfile.mkdtemp(prefix=f".{dest.name}.", suffix=".partial", dir=dest.parent))
+        stage = partial_path(dest)
+        stage.mkdir()
         os.chmod(stage, 0o777 & ~_umask())
+        (stage / MARKER).write_text("This folder was written by dmforge; dmforge may replace it.\n")
     except OSError as exc:
         raise _explain_os_error(exc, dest) from exc
     try:
         yield stage
-        old = dest.with_name(f".{dest.name}.old")
-        if old.exists():
-            shutil.rmtree(old)
+        fsync_tree(stage)
+        old = dest.with_name(f".{dest.name}.{os.getpid()}-{os.urandom(4).hex()}.old.partial")
         moved_aside = dest.exists()
         if moved_aside:
             os.replace(dest, old)
@@ -89,7 +252,9 @@ def staged_dir(dest: Path) -> Iterator[Path]:
             if moved_aside:
                 os.replace(old, dest)
             raise
-        shutil.rmtree(old, ignore_errors=True)
+        fsync_dir(dest.parent)
+        if moved_aside:
+            shutil.rmtree(old, ignore_errors=True)
     except OSError as exc:
         raise _explain_os_error(exc, dest) from exc
     finally:

@@ -20,7 +20,7 @@ from dmforge.dataset.augment import rename_scenario
 from dmforge.dataset.conversation import conversation_fingerprint, to_conversation
 from dmforge.dataset.split import split_scenarios
 from dmforge.errors import DmforgeError
-from dmforge.files import staged_dir, write_json, write_text
+from dmforge.files import check_replaceable, refuse_overlap, staged_dir, write_json, write_text
 from dmforge.scenarios import CheckReport, Scenario, Severity, TurnKind, check_paths
 from dmforge.tools.registry import Registry
 
@@ -129,10 +129,25 @@ def _write_hf(stage: Path, conversations: dict[str, list[dict]]) -> None:
     dataset.save_to_disk(str(stage / "hf"))
 
 
-def build_dataset(config: DataConfig, registry: Registry, out: Path | None = None) -> tuple[DatasetStats, Path]:
-    """Build the dataset from `config.scenarios` into `out` (default `config.out`); return stats and path."""
+def build_dataset(
+    config: DataConfig,
+    registry: Registry,
+    out: Path | None = None,
+    report: CheckReport | None = None,
+    in_run_folder: bool = False,
+) -> tuple[DatasetStats, Path]:
+    """Build the dataset from `config.scenarios` into `out` (default `config.out`); return stats and path.
+
+    `report` is the check of those scenarios when the caller made it already. `in_run_folder` says `out`
+    lies in a run folder dmforge has claimed, where a dataset of an older dmforge (made before output
+    folders carried a marker) may be replaced.
+    """
     out = Path(out or config.out)
-    report = check_paths([config.scenarios], registry, config.max_file_bytes)
+    # Refused before any work: `--out data/scenarios` once replaced every scenario with a dataset.
+    refuse_overlap(out, config.scenarios, "scenarios folder")
+    if not in_run_folder:
+        check_replaceable(out)
+    report = report or check_paths([config.scenarios], registry, config.max_file_bytes)
     _refuse_errors(report, config.scenarios)
     train, validation = split_scenarios(report.scenarios, config.validation_fraction, config.seed)
     splits = {"train": train, "validation": validation}
@@ -172,7 +187,7 @@ def build_dataset(config: DataConfig, registry: Registry, out: Path | None = Non
         "splits": {split: [s.id for s in splits[split]] for split in SPLITS},
         "scenarios": {s.id: s.fingerprint for s in report.scenarios},
     }
-    with staged_dir(out) as stage:
+    with staged_dir(out, replace_unmarked=in_run_folder) as stage:
         for split in SPLITS:
             lines = (json.dumps(c, ensure_ascii=False) for c in conversations[split])
             write_text(stage / f"{split}.jsonl", "".join(line + "\n" for line in lines))

@@ -39,7 +39,7 @@ def converter_script() -> Path:
 
 def extract_converter(sdist: Path, target: Path) -> None:
     """Copy the converter and its gguf-py out of a llama-cpp-python source archive."""
-    with tarfile.open(sdist) as archive, staged_dir(target) as stage:
+    with tarfile.open(sdist) as archive, staged_dir(target, replace_unmarked=True) as stage:
         prefix = archive.getnames()[0].split("/")[0] + "/"
         members = [
             m

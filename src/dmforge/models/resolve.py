@@ -163,7 +163,7 @@ def dequantize_gguf(gguf: Path, template: str | None = None) -> Path:
         del model.config.quantization_config
     if template and not tokenizer.chat_template:
         tokenizer.chat_template = SUPPLIED_TEMPLATES[template]
-    with staged_dir(target) as stage:
+    with staged_dir(target, replace_unmarked=True) as stage:
         model.save_pretrained(stage, safe_serialization=True)
         tokenizer.save_pretrained(stage)
         (stage / "dmforge-source.json").write_text(json.dumps({"gguf": str(gguf), "sha256": digest}, indent=2))
