@@ -35,7 +35,8 @@ from dmforge.config import DmforgeConfig
 from dmforge.dataset import corpus_fingerprint
 from dmforge.errors import DmforgeError
 from dmforge.export.ship import shipped
-from dmforge.files import newer_than, write_json, write_text
+from dmforge.files import claim_folder, newer_than, refuse_overlap, write_json, write_text
+from dmforge.locks import clean_after, folder_lock
 from dmforge.scenarios import check_paths
 from dmforge.tools.registry import Registry
 
@@ -121,15 +122,19 @@ def pick_run_dir(config: DmforgeConfig, corpus: str) -> Path:
         return config.train.run_dir
     name, root = base_name(config), config.train.runs_root
     identity = run_identity(config, corpus)
-    same = [
-        p
-        for p in root.glob(f"{name}*")
-        if (p / "identity.json").is_file() and json.loads((p / "identity.json").read_text()) == identity
-    ]
+    same = [p for p in root.glob(f"{name}*") if _identity(p) == identity]
     if same:
         return max(same, key=lambda p: (p / "identity.json").stat().st_mtime)
     stable = root / name
     return stable if not stable.exists() else root / f"{name}-{time.strftime('%Y%m%d-%H%M%S')}"
+
+
+def _identity(run_dir: Path) -> dict | None:
+    """What the run folder trained on, or None for a folder that is not a run or whose identity is damaged."""
+    try:
+        return json.loads((run_dir / "identity.json").read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return None
 
 
 def _trained(run_dir: Path, config: DmforgeConfig, corpus: str) -> bool:
@@ -144,17 +149,23 @@ def _trained(run_dir: Path, config: DmforgeConfig, corpus: str) -> bool:
         and saved.is_file()
     ):
         return False
-    if json.loads((run_dir / "identity.json").read_text()) != run_identity(config, corpus):
+    if _identity(run_dir) != run_identity(config, corpus):
         return False
-    trained_for = yaml.safe_load(saved.read_text())["train"]
-    return all(trained_for.get(key) == getattr(config.train, key) for key in _RUN_LENGTH)
+    try:
+        trained_for = yaml.safe_load(saved.read_text())["train"]
+        return all(trained_for.get(key) == getattr(config.train, key) for key in _RUN_LENGTH)
+    except (OSError, yaml.YAMLError, KeyError, TypeError):
+        return False  # a damaged config.yaml: train again, which rewrites it
 
 
 def _exported(run_dir: Path, config: DmforgeConfig) -> dict | None:
     path = run_dir / "gguf" / "export.json"
     if not newer_than(path, run_dir / "metrics.json"):
         return None
-    export = json.loads(path.read_text())
+    try:
+        export = json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return None  # a damaged record: export again
     same = export.get("requested") == config.export.quants and export.get("max_size_gb") == config.export.max_size_gb
     files_there = all(Path(f).is_file() for f in export.get("files", {}).values())
     return export if export.get("passed") and same and files_there else None
@@ -183,10 +194,13 @@ def run_pipeline(config: DmforgeConfig, registry: Registry, console: Console) ->
     )
     corpus = corpus_fingerprint(checked.scenarios, data)
     run_dir = pick_run_dir(config, corpus)
+    refuse_overlap(run_dir, data.scenarios, "scenarios folder")
+    claim_folder(run_dir, legacy_sign="identity.json")
     config.train.run_dir = run_dir
     logs = run_dir / "logs"
 
-    with _stage_failures(progress, logs):
+    lock = folder_lock(run_dir, f"The run folder {run_dir}", on_stale=clean_after(run_dir, console))
+    with lock, _stage_failures(progress, logs):
         if _trained(run_dir, config, corpus):
             metrics = json.loads((run_dir / "metrics.json").read_text())
             for stage in ("build", "preflight", "train"):
@@ -235,7 +249,7 @@ def run_pipeline(config: DmforgeConfig, registry: Registry, console: Console) ->
             progress.done_already("every column was scored on these turns before")
         progress.ok(
             f"{_compare(report, 'base', 'F16')}; ships {choice.quant} "
-            f"({choice.path.stat().st_size / 2**20:.0f} MB), {choice.reason}"
+            f"({choice.path.stat().st_size / 2**20:.0f} MB), {escape(choice.reason)}"
         )
         progress.announce("playtest", f"{escape(choice.path.name)} plays a scripted session, its calls executed")
         play = run_playtest(run_dir, config, registry)

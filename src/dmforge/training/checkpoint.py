@@ -48,7 +48,7 @@ def load_trainable_state(model, tensors: dict[str, torch.Tensor]) -> None:
             params[name].copy_(value.to(params[name].device, params[name].dtype))
 
 
-def _rng_state() -> dict:
+def rng_state() -> dict:
     state = {"torch": torch.get_rng_state(), "python": random.getstate()}
     if torch.cuda.is_available():
         state["cuda"] = torch.cuda.get_rng_state_all()
@@ -62,12 +62,13 @@ def _set_rng_state(state: dict) -> None:
         torch.cuda.set_rng_state_all(state["cuda"])
 
 
-def save_checkpoint(folder: Path, model, optimizer, scheduler, state: LoopState) -> Path:
+def save_checkpoint(folder: Path, model, optimizer, scheduler, state: LoopState, rng: dict | None = None) -> Path:
+    """Write `step-NNNNNN`; `rng` is the random state to resume with (default: the current one)."""
     target = folder / f"step-{state.step:06d}"
-    with staged_dir(target) as stage:
+    with staged_dir(target, replace_unmarked=True) as stage:
         save_file(trainable_state(model), stage / "adapter.safetensors")
         torch.save(
-            {"optimizer": optimizer.state_dict(), "scheduler": scheduler.state_dict(), "rng": _rng_state()},
+            {"optimizer": optimizer.state_dict(), "scheduler": scheduler.state_dict(), "rng": rng or rng_state()},
             stage / "trainer.pt",
         )
         (stage / "state.json").write_text(json.dumps(asdict(state), indent=2))

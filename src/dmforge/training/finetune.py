@@ -30,13 +30,15 @@ from safetensors.torch import load_file
 
 from dmforge import __version__
 from dmforge.config import DmforgeConfig
-from dmforge.dataset import build_dataset
+from dmforge.dataset import build_dataset, corpus_fingerprint
 from dmforge.errors import DmforgeError
-from dmforge.files import write_json, write_text
+from dmforge.files import claim_folder, read_json, refuse_overlap, write_json, write_text
+from dmforge.locks import clean_after, folder_lock
 from dmforge.models.catalog import CACTUS_ARCHITECTURES
 from dmforge.models.hardware import detect_hardware
 from dmforge.models.load import load_tokenizer
 from dmforge.models.resolve import resolve_base
+from dmforge.scenarios import check_paths
 from dmforge.tools.registry import Registry
 from dmforge.training.chat import build_samples, detect_chat_format, template_messages
 from dmforge.training.checkpoint import load_trainable_state
@@ -92,7 +94,9 @@ def _check_resumable(run_dir: Path, identity: dict) -> None:
     saved = run_dir / "identity.json"
     if not saved.is_file():
         return
-    before = json.loads(saved.read_text())
+    before = read_json(
+        saved, f"The run folder {run_dir} is damaged: start a new run with another --run-dir, or delete it."
+    )
     if before != identity:
         what = "the scenarios changed" if before.get("corpus") != identity["corpus"] else "the training options changed"
         raise DmforgeError(
@@ -133,23 +137,33 @@ def finetune(
     announce: Callable[[str, str], None] | None = None,
 ) -> FinetuneResult:
     """Build, preflight, train and merge. `announce(stage, detail)` marks where each stage starts."""
-    t = config.train
     announce = announce or (lambda stage, detail: None)
     # The base is resolved first, so a wrong --base fails before anything is written.
     with console.status(f"loading base model {escape(config.model.base)}…"):
         base = resolve_base(config.model.base)
         tokenizer = load_tokenizer(base.path, config.model.chat_template)
     run_dir = default_run_dir(config)
-    run_dir.mkdir(parents=True, exist_ok=True)
+    refuse_overlap(run_dir, config.data.scenarios, "scenarios folder")
+    claim_folder(run_dir, legacy_sign="identity.json")
+    with folder_lock(run_dir, f"The run folder {run_dir}", on_stale=clean_after(run_dir, console)):
+        return _finetune_locked(config, registry, console, announce, base, tokenizer, run_dir)
+
+
+def _finetune_locked(config, registry, console, announce, base, tokenizer, run_dir: Path) -> FinetuneResult:
+    t = config.train
     random.seed(t.seed)
     torch.manual_seed(t.seed)
 
     console.print(f"[bold]run[/] {escape(str(run_dir))}")
     announce("build", f"validated dataset in {escape(str(run_dir / 'dataset'))}")
-    stats, dataset_dir = build_dataset(config.data, registry, out=run_dir / "dataset")
-    corpus = json.loads((dataset_dir / "manifest.json").read_text())["corpus_fingerprint"]
+    # The identity is checked before the dataset is written: a run that cannot resume keeps its dataset.
+    checked = check_paths([config.data.scenarios], registry, config.data.max_file_bytes)
+    corpus = corpus_fingerprint(checked.scenarios, config.data)
     identity = run_identity(config, corpus)
     _check_resumable(run_dir, identity)
+    stats, dataset_dir = build_dataset(
+        config.data, registry, out=run_dir / "dataset", report=checked, in_run_folder=True
+    )
     write_json(run_dir / "identity.json", identity)
     write_text(run_dir / "config.yaml", yaml.safe_dump(json.loads(config.model_dump_json()), sort_keys=False))
 
@@ -225,7 +239,8 @@ def finetune(
             from dmforge.models.recommend import advice
 
             minutes = preflight.total_seconds / 60
-            console.print(f"[bold]bases[/] {advice(base.spec, minutes, base.preset.parameters_m, t.max_minutes)}")
+            tip = advice(base.spec, minutes, base.preset.parameters_m, t.max_minutes)
+            console.print(f"[bold]bases[/] {escape(tip)}")
         if t.max_minutes and preflight.total_seconds > t.max_minutes * 60:
             # Plan the schedule to end inside the budget, rather than cutting a cosine schedule off midway.
             fit = max(1, int(preflight.total_steps * t.max_minutes * 60 / preflight.total_seconds))

@@ -6,7 +6,7 @@ import base64
 import html
 from pathlib import Path
 
-from dmforge.files import write_text
+from dmforge.files import partial_path, write_text
 
 
 def save_figure(fig, path: Path) -> None:
@@ -14,10 +14,13 @@ def save_figure(fig, path: Path) -> None:
     import matplotlib.pyplot as plt
 
     fig.tight_layout()
-    tmp = path.with_name(path.name + ".tmp.png")
-    fig.savefig(tmp)
-    plt.close(fig)
-    tmp.replace(path)
+    tmp = partial_path(path)
+    try:
+        fig.savefig(tmp, format="png")
+        tmp.replace(path)
+    finally:
+        plt.close(fig)
+        tmp.unlink(missing_ok=True)
 
 
 def loss_curve_png(path: Path, train: list[tuple[int, float]], val: list[tuple[int, float]], title: str) -> None:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from rich.console import Console
+from rich.markup import escape
 from rich.panel import Panel
 from rich.text import Text
 
@@ -20,7 +21,7 @@ def preview(config: DmforgeConfig, registry: Registry, console: Console, count: 
     report = check_paths([config.data.scenarios], registry, config.data.max_file_bytes)
     if report.errors:
         raise DmforgeError(f"The scenarios have {report.errors} error(s); run `dmforge data check` first.")
-    with console.status(f"loading the tokenizer of {config.model.base}…"):
+    with console.status(f"loading the tokenizer of {escape(config.model.base)}…"):
         tokenizer = load_tokenizer(resolve_base(config.model.base).path, config.model.chat_template)
     fmt = detect_chat_format(tokenizer, config.model.tool_results, config.model.tool_result_prefix)
     conversations = [to_conversation(s, config.data) for s in report.scenarios[:count]]
