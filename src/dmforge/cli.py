@@ -7,6 +7,7 @@ stderr with a non-zero exit code; Ctrl-C leaves quietly with 130.
 from __future__ import annotations
 
 import json
+import os
 import sys
 import warnings
 from pathlib import Path
@@ -16,10 +17,12 @@ import typer
 from rich.console import Console
 from rich.markup import escape
 from rich.table import Table
+from rich.text import Text
 
 from dmforge import __version__
 from dmforge.config import DmforgeConfig, load_config
 from dmforge.errors import DmforgeError
+from dmforge.interrupts import Terminated, handle_sigterm
 from dmforge.scenarios import CheckReport, Severity, check_paths
 from dmforge.tools.registry import RegistryError, load_registry
 
@@ -38,6 +41,19 @@ err_console = Console(stderr=True)
 ConfigOption = Annotated[
     Path | None, typer.Option("--config", "-c", help="A dmforge config file (YAML or TOML).", show_default=False)
 ]
+
+
+def _run_lock(run: Path, out: Console):
+    """The lock on an existing run folder, so export and eval never write beside a training of the same run."""
+    from dmforge.locks import clean_after, folder_lock
+
+    if not run.is_dir():
+        raise DmforgeError(
+            f"The run folder {run} {'is a file' if run.exists() else 'does not exist'}. Pass a folder in runs/ "
+            "that `./train.sh` or `dmforge finetune` made (`ls runs/`).",
+            exit_code=2,
+        )
+    return folder_lock(run, f"The run folder {run}", on_stale=clean_after(run, out))
 
 
 def _version(value: bool) -> None:
@@ -297,7 +313,9 @@ def _print_export(report: dict) -> None:
     for warning in report["warnings"]:
         console.print(f"[yellow]warning:[/] {escape(warning)}")
     if report.get("sample_reply"):
-        console.print(f"[bold]sample DM reply[/] ({report['sample_reply']['file']}, llama.cpp, embedded template):")
+        console.print(
+            f"[bold]sample DM reply[/] ({escape(report['sample_reply']['file'])}, llama.cpp, embedded template):"
+        )
         console.print(escape(report["sample_reply"]["reply"]))
 
 
@@ -324,7 +342,8 @@ def export_command(
     from dmforge.export.run import export_run
 
     config = load_config(config_file, {"export": {"quants": quant, "max_size_gb": max_size_gb}})
-    result = export_run(run, config.export.quants, config.export.max_size_gb, None if as_json else console)
+    with _run_lock(run, console):
+        result = export_run(run, config.export.quants, config.export.max_size_gb, None if as_json else console)
     if as_json:
         sys.stdout.write(json.dumps(result.report, indent=2, default=str) + "\n")
     else:
@@ -371,19 +390,22 @@ def eval_command(
     config_file: ConfigOption = None,
 ) -> None:
     """Score base, fine-tuned and GGUF models on held-out DM turns; write report.md/.html/.json and a playtest."""
-    from dmforge.evaluation.run import evaluate_run, run_playtest
+    from dmforge.evaluation.run import evaluate_run, latest_run, run_playtest
 
+    if run is None:
+        run = latest_run(load_config(config_file).train.runs_root)
     config = _run_config(run, config_file, {"eval": {"max_turns": max_turns}})
-    report = evaluate_run(
-        run,
-        config,
-        _registry(config),
-        console if not as_json else Console(quiet=True),
-        scenarios,
-        config.eval.max_turns,
-    )
-    if not scenarios:  # the playtest belongs to the run; scoring other scenarios does not replay it
-        report["playtest"] = run_playtest(run or Path(report["run_dir"]), config, _registry(config))
+    with _run_lock(run, console):
+        report = evaluate_run(
+            run,
+            config,
+            _registry(config),
+            console if not as_json else Console(quiet=True),
+            scenarios,
+            config.eval.max_turns,
+        )
+        if not scenarios:  # the playtest belongs to the run; scoring other scenarios does not replay it
+            report["playtest"] = run_playtest(run, config, _registry(config))
     if as_json:
         sys.stdout.write(json.dumps(report, indent=2) + "\n")
     else:
@@ -451,25 +473,61 @@ def pipeline(
 
 
 def main() -> None:
-    """Entry point: run the app and turn every expected failure into one readable paragraph."""
+    """Entry point: run the app and turn every failure into one readable paragraph, never a traceback."""
     # transformers draws a bar for every model load and peft prints a deprecation notice per run: noise
     # between dmforge's own progress bars. Hub downloads turn bars back on (models/resolve.py).
     from huggingface_hub.utils import disable_progress_bars
 
     disable_progress_bars()
     warnings.filterwarnings("ignore", message=".*is_gradient_checkpointing.*", category=FutureWarning)
+    handle_sigterm()
     try:
         # Without standalone mode Click returns the code given to `typer.Exit` instead of exiting.
         code = app(standalone_mode=False)
     except DmforgeError as exc:
-        err_console.print(f"[bold red]error:[/] {exc}", highlight=False, soft_wrap=True)
+        _print_error(str(exc))
         sys.exit(exc.exit_code)
-    except (KeyboardInterrupt, typer.Abort):
+    except (KeyboardInterrupt, typer.Abort) as exc:
+        signal_name = "Terminated (SIGTERM)" if isinstance(exc, Terminated) else "Interrupted"
         err_console.print(
-            "[yellow]Interrupted.[/] Nothing half-written was left behind; run the command again to resume."
+            Text.assemble(
+                (f"{signal_name}.", "yellow"),
+                " Nothing half-written was left behind; run the command again to resume.",
+            )
         )
-        sys.exit(130)
+        sys.exit(143 if isinstance(exc, Terminated) else 130)
     except typer.TyperException as exc:  # usage errors: unknown option, missing argument (exit 2)
         exc.show()  # type: ignore[attr-defined]
         sys.exit(exc.exit_code)
+    except Exception as exc:
+        _print_error(_unexpected(exc))
+        sys.exit(70)
     sys.exit(code if isinstance(code, int) else 0)
+
+
+def _print_error(message: str) -> None:
+    # Paths and scenario text are the user's: `[/x]` in a folder name is text, never Rich markup.
+    err_console.print(Text.assemble(("error: ", "bold red"), message), highlight=False, soft_wrap=True)
+
+
+def _unexpected(exc: BaseException) -> str:
+    """A bug in dmforge, not in the user's input: one paragraph, with the traceback kept in a file."""
+    import tempfile
+    import time
+    import traceback
+
+    if isinstance(exc, MemoryError):
+        return (
+            "dmforge ran out of memory. Close other programs, or lower train.max_seq_len or train.batch_size "
+            "in your config, then run the command again; finished work is kept."
+        )
+    log = Path(tempfile.gettempdir()) / f"dmforge-error-{time.strftime('%Y%m%d-%H%M%S')}-{os.getpid()}.txt"
+    try:
+        log.write_text("".join(traceback.format_exception(exc)), encoding="utf-8")
+        where = f"The full traceback is in {log}; please attach it to a bug report."
+    except OSError:
+        where = "Run it again with PYTHONFAULTHANDLER=1 to see where it failed, and please report it."
+    return (
+        f"dmforge failed unexpectedly with {type(exc).__name__}: {exc}. This is a bug in dmforge, not in your "
+        f"scenarios or options. {where} Finished work is kept: run the command again to resume."
+    )

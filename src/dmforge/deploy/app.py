@@ -15,7 +15,6 @@ to `CactusLM.init({ model: dest, ... })`. On iOS the bundled file can be used in
 
 from __future__ import annotations
 
-import json
 import os
 import shutil
 from dataclasses import dataclass
@@ -24,8 +23,9 @@ from pathlib import Path
 from dmforge.config import DecodeConfig, DmforgeConfig
 from dmforge.deploy.typescript import typescript_module
 from dmforge.errors import DmforgeError
-from dmforge.export.ship import shipped
-from dmforge.files import write_json, write_text
+from dmforge.export.ship import ShipChoice, shipped
+from dmforge.files import fsync_dir, partial_path, read_json, read_json_or_none, write_json, write_text
+from dmforge.locks import clean_after, folder_lock
 from dmforge.models.resolve import sha256_file
 from dmforge.tools.grammar import LAZY_TRIGGER, registry_grammar
 from dmforge.tools.registry import Registry
@@ -45,29 +45,41 @@ class DeployResult:
 
 
 def install_file(source: Path, dest: Path) -> Path | None:
-    """Copy `source` to `dest` atomically; an existing `dest` is kept as `<dest>.previous`. Returns the backup."""
-    dest.parent.mkdir(parents=True, exist_ok=True)
-    partial = dest.with_name(f".{dest.name}.partial")
+    """Copy `source` to `dest` atomically; an existing `dest` is kept as `<dest>.previous`. Returns the backup.
+
+    Both copies go through names of their own (files.partial_path) and are flushed before the renames,
+    so a kill at any instant leaves `dest` whole: the old model or the new one, never half of either.
+    """
+    partial = partial_path(dest)
     backup = None
     try:
+        dest.parent.mkdir(parents=True, exist_ok=True)
         shutil.copyfile(source, partial)
-        with partial.open("rb") as handle:
-            os.fsync(handle.fileno())
+        _fsync(partial)
         if dest.exists():
             backup = dest.with_name(dest.name + ".previous")
-            backup_partial = dest.with_name(f".{backup.name}.partial")
-            shutil.copyfile(dest, backup_partial)
-            os.replace(backup_partial, backup)
+            backup_partial = partial_path(backup)
+            try:
+                shutil.copyfile(dest, backup_partial)
+                _fsync(backup_partial)
+                os.replace(backup_partial, backup)
+            finally:
+                backup_partial.unlink(missing_ok=True)
         os.replace(partial, dest)
+        fsync_dir(dest.parent)
     except OSError as exc:
         raise DmforgeError(
             f"Could not write {dest}: {exc.strerror or exc}. The app's previous model is untouched. "
             "Free some disk space or fix the folder's permissions, then run deploy again."
         ) from exc
     finally:
-        for leftover in dest.parent.glob(f".{dest.name}*.partial"):
-            leftover.unlink(missing_ok=True)
+        partial.unlink(missing_ok=True)
     return backup
+
+
+def _fsync(path: Path) -> None:
+    with path.open("rb") as handle:
+        os.fsync(handle.fileno())
 
 
 def completion_params(decode: DecodeConfig, stop: list[str], registry: Registry) -> dict:
@@ -111,7 +123,7 @@ def deploy(
     export_path = run_dir / "gguf" / "export.json"
     if not export_path.is_file():
         raise DmforgeError(f"{run_dir} has no exported GGUF. Run `dmforge export {run_dir}` first.", exit_code=2)
-    export = json.loads(export_path.read_text())
+    export = read_json(export_path, f"Export it again: `dmforge export {run_dir}`.")
     if not export["passed"]:
         failed = [f"{c['file']}: {c['name']}" for c in export["checks"] if not c["passed"]]
         raise DmforgeError(f"The export of {run_dir} failed verification ({'; '.join(failed)}); it is not deployed.")
@@ -125,12 +137,20 @@ def deploy(
             "holds the app's package.json.",
             exit_code=2,
         )
-    report_path = run_dir / "eval" / "report.json"
-    evaluation = json.loads(report_path.read_text()) if report_path.is_file() else None
+    evaluation = read_json_or_none(run_dir / "eval" / "report.json")
     choice = shipped(export, evaluation, quant or config.deploy.quant)
     if not choice.path.is_file():
         raise DmforgeError(f"{choice.path} is missing. Run `dmforge export {run_dir}` again.")
 
+    models = app / MODELS_DIR
+    # One deploy at a time per app: two would interleave the model and its config values.
+    with folder_lock(models, f"The app's models folder {models}", on_stale=clean_after(models)):
+        return _install(run_dir, app, config, registry, export, choice)
+
+
+def _install(
+    run_dir: Path, app: Path, config: DmforgeConfig, registry: Registry, export: dict, choice: ShipChoice
+) -> DeployResult:
     model = app / MODELS_DIR / MODEL_NAME
     backup = install_file(choice.path, model)
     digest = sha256_file(model)

@@ -10,7 +10,6 @@ file is not newer than the result.
 from __future__ import annotations
 
 import hashlib
-import json
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -19,7 +18,7 @@ from dmforge.evaluation.batch import batch_replies
 from dmforge.evaluation.metrics import aggregate, score_turn
 from dmforge.evaluation.runtime import Runtime, perplexity
 from dmforge.evaluation.turns import EvalTurn, by_conversation
-from dmforge.files import newer_than, write_json
+from dmforge.files import newer_than, read_json_or_none, write_json
 from dmforge.tools.registry import Registry
 from dmforge.training.chat import Sample
 
@@ -78,8 +77,8 @@ def perplexity_samples(samples: list[Sample]) -> list[Sample]:
 def cached(path: Path, key: dict, source_file: Path) -> dict | None:
     if not newer_than(path, source_file):
         return None
-    column = json.loads(path.read_text())
-    return column if column.get("key") == key else None
+    column = read_json_or_none(path)  # a torn cache is scored again
+    return column if column is not None and column.get("key") == key else None
 
 
 def score_column(

@@ -31,7 +31,7 @@ from dmforge.evaluation.report import write_reports
 from dmforge.evaluation.runtime import GREEDY, Runtime
 from dmforge.evaluation.turns import EvalTurn, eval_turns
 from dmforge.export.ship import by_size, measured_choice, passes, shipped
-from dmforge.files import newer_than, write_json, write_text
+from dmforge.files import newer_than, read_json, read_json_or_none, write_json, write_text
 from dmforge.scenarios import check_paths
 from dmforge.scenarios.model import Header
 from dmforge.tools.grammar import registry_grammar
@@ -39,7 +39,7 @@ from dmforge.tools.registry import Registry
 from dmforge.training.chat import ChatFormat, Sample, build_samples, prompt_budget, template_messages
 
 
-def _latest_run(runs_root: Path) -> Path:
+def latest_run(runs_root: Path) -> Path:
     runs = sorted((p for p in runs_root.glob("*") if (p / "manifest.json").is_file()), key=lambda p: p.stat().st_mtime)
     if not runs:
         raise DmforgeError(
@@ -98,7 +98,7 @@ def load_setup(
     """The run's files and the turns to score; `n_ctx` (default: the trained context) sets the prompts' window."""
     from transformers import AutoTokenizer
 
-    run_dir = run_dir or _latest_run(config.train.runs_root)
+    run_dir = run_dir or latest_run(config.train.runs_root)
     manifest_path, export_path = run_dir / "manifest.json", run_dir / "gguf" / "export.json"
     if not manifest_path.is_file():
         raise DmforgeError(f"{run_dir} is not a finished run (no manifest.json). Train it first.", exit_code=2)
@@ -108,7 +108,8 @@ def load_setup(
             f"Run `dmforge export {run_dir}` first.",
             exit_code=2,
         )
-    manifest, export = json.loads(manifest_path.read_text()), json.loads(export_path.read_text())
+    manifest = read_json(manifest_path, f"Train the run again: `dmforge finetune --run-dir {run_dir}`.")
+    export = read_json(export_path, f"Export it again: `dmforge export {run_dir}`.")
     fmt = ChatFormat(**manifest["chat_format"])
     tokenizer = AutoTokenizer.from_pretrained(run_dir / "merged")
     n_ctx = n_ctx or manifest.get("max_seq_len") or config.train.max_seq_len
@@ -271,17 +272,16 @@ def run_playtest(run_dir: Path, config: DmforgeConfig, registry: Registry, reuse
 
     Adds its summary to report.json and returns it.
     """
-    manifest = json.loads((run_dir / "manifest.json").read_text())
-    export = json.loads((run_dir / "gguf" / "export.json").read_text())
-    report_path = run_dir / "eval" / "report.json"
-    report = json.loads(report_path.read_text()) if report_path.is_file() else None
+    manifest = read_json(run_dir / "manifest.json", f"Train the run again: `dmforge finetune --run-dir {run_dir}`.")
+    export = read_json(run_dir / "gguf" / "export.json", f"Export it again: `dmforge export {run_dir}`.")
+    report = read_json_or_none(run_dir / "eval" / "report.json")
     path = shipped(export, report, config.deploy.quant).path
     fmt = ChatFormat(**manifest["chat_format"])
     n_ctx = manifest.get("max_seq_len") or config.train.max_seq_len
     decode = config.decode
     saved = run_dir / "eval" / "playtest.json"
     settings = {"file": path.name, "decode": decode.model_dump(), "n_ctx": n_ctx, "script": play.SCRIPT}
-    played = json.loads(saved.read_text()) if reuse and newer_than(saved, path) else None
+    played = read_json_or_none(saved) if reuse and newer_than(saved, path) else None
     reused = played is not None and played.get("settings") == settings
     if not reused:
         grammar = registry_grammar(registry, lazy=decode.grammar == "lazy") if decode.grammar != "off" else None

@@ -22,6 +22,7 @@ from pathlib import Path
 
 from dmforge.errors import DmforgeError
 from dmforge.export.converter import converter_dir, converter_script
+from dmforge.files import partial_path, write_text
 
 
 def converter_ready_config(config: dict) -> dict:
@@ -71,7 +72,7 @@ def convert_to_gguf(model_dir: Path, out: Path, *, fix_traps: bool = True) -> Pa
             source = Path(tmp) / "model"
             source.mkdir()
             stage_for_converter(model_dir, source)
-        partial = out.with_name(out.name + ".partial")
+        partial = partial_path(out)
         if fix_traps:
             command = [
                 sys.executable,
@@ -94,9 +95,15 @@ def convert_to_gguf(model_dir: Path, out: Path, *, fix_traps: bool = True) -> Pa
     if result.returncode != 0:
         partial.unlink(missing_ok=True)
         log = result.stdout + result.stderr
+        log_path = out.with_name(out.stem + ".convert.log")
+        write_text(log_path, f"$ {' '.join(command)} {source} --outfile {partial} --outtype f16\n\n{log}")
         reason = next((fix for needle, fix in _KNOWN_FAILURES.items() if needle in log), None)
-        last = log.strip().splitlines()[-1] if log.strip() else "no output"
-        raise DmforgeError(f"Converting {model_dir} to GGUF failed ({last}). " + (reason or "See the log above."))
+        tail = [line.strip() for line in log.strip().splitlines()[-6:] if line.strip()] or ["no output"]
+        raise DmforgeError(
+            f"Converting {model_dir} to GGUF failed. The converter's last lines: {' | '.join(tail)}. "
+            + (f"{reason} " if reason else "If the model's architecture is one llama.cpp converts, report this. ")
+            + f"The whole log is in {log_path}."
+        )
     partial.replace(out)
     return out
 

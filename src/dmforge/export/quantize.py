@@ -15,6 +15,7 @@ from contextlib import contextmanager
 from pathlib import Path
 
 from dmforge.errors import DmforgeError
+from dmforge.files import partial_path
 
 # Name → llama.cpp's file type. F16 is the converter's output itself.
 QUANT_TYPES = {"F16": 1, "Q8_0": 7, "Q6_K": 18, "Q5_K_M": 17, "Q5_0": 8, "Q4_K_M": 15, "Q4_0": 2}
@@ -54,13 +55,16 @@ def quantize(f16: Path, out: Path, quant: str) -> Path:
     params = llama_cpp.llama_model_quantize_default_params()
     params.ftype = QUANT_TYPES[quant]
     params.nthread = os.cpu_count() or 1
-    partial = out.with_name(out.name + ".partial")
+    partial = partial_path(out)
     log = out.with_name(out.stem + ".quantize.log")
     with _native_output_to(log):
         code = llama_cpp.llama_model_quantize(str(f16).encode(), str(partial).encode(), ctypes.byref(params))
     if code != 0 or not partial.is_file():
         partial.unlink(missing_ok=True)
-        raise DmforgeError(f"llama.cpp could not quantize {f16} to {quant} (code {code}); its output is in {log}.")
+        raise DmforgeError(
+            f"llama.cpp could not quantize {f16} to {quant} (code {code}). {_log_tail(log)}Its whole output is in "
+            f"{log}. Export without this type (drop it from export.quants), or report the log."
+        )
     partial.replace(out)
     return out
 
@@ -95,3 +99,12 @@ def export_types(f16: Path, requested: list[str]) -> list[str]:
     clean = [q for q in QUANT_TYPES if all(w % BLOCK_WIDTH[q] == 0 for w in widths)]
     wanted = [*ALWAYS, *requested, *clean]
     return [q for q in QUANT_TYPES if q in wanted]
+
+
+def _log_tail(log: Path, lines: int = 8) -> str:
+    """The last lines of a native log, to show in the error itself rather than 'see the log'."""
+    try:
+        tail = log.read_text(encoding="utf-8", errors="replace").strip().splitlines()[-lines:]
+    except OSError:
+        return ""
+    return ("It ended with: " + " | ".join(line.strip() for line in tail if line.strip()) + ". ") if tail else ""

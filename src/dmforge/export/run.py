@@ -18,7 +18,7 @@ from dmforge.errors import DmforgeError
 from dmforge.export import verify
 from dmforge.export.convert import convert_to_gguf
 from dmforge.export.quantize import QUANT_TYPES, export_types, fallback_share, quantize
-from dmforge.files import write_json
+from dmforge.files import read_json, write_json
 from dmforge.training.chat import ChatFormat, template_messages
 
 FILE_STEM = "dungeon-master"
@@ -75,7 +75,7 @@ def export_run(
         raise DmforgeError(
             f"Unknown quantization {', '.join(unknown)}. Choose from {', '.join(QUANT_TYPES)}.", exit_code=2
         )
-    manifest = json.loads(manifest_path.read_text())
+    manifest = read_json(manifest_path, f"Train the run again: `dmforge finetune --run-dir {run_dir}`.")
     fmt = ChatFormat(**manifest["chat_format"])
     tokenizer = AutoTokenizer.from_pretrained(merged)
     out = run_dir / "gguf"
