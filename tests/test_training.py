@@ -2,7 +2,13 @@
 
 from __future__ import annotations
 
+import json
+import os
 import shutil
+import signal
+import subprocess
+import sys
+import time
 from pathlib import Path
 
 import pytest
@@ -92,18 +98,85 @@ def test_resume_after_a_crash_continues_from_the_saved_step_with_identical_state
     assert straight.metrics["train_loss"] == resumed.metrics["train_loss"]
 
 
+def _interrupt_in_forward(monkeypatch, on_call: int):
+    """Ctrl-C while step `on_call` computes its loss, before its optimizer step: where it almost always lands."""
+    from dmforge.training import loop
+
+    calls = {"n": 0}
+    original = loop._step_loss
+
+    def step_loss(*args, **kwargs):
+        calls["n"] += 1
+        result = original(*args, **kwargs)  # dropout has drawn from the generator by now
+        if calls["n"] == on_call:
+            raise KeyboardInterrupt
+        return result
+
+    monkeypatch.setattr(loop, "_step_loss", step_loss)
+
+
 def test_ctrl_c_saves_a_checkpoint_and_the_rerun_resumes_exactly(tmp_path: Path, monkeypatch):
     registry = load_registry()
     finetune(_config(tmp_path, "straight", save_every=100), registry, QUIET)
 
-    original = _failing_step(monkeypatch, 4, KeyboardInterrupt())
+    _interrupt_in_forward(monkeypatch, 4)
     with pytest.raises(DmforgeError, match="Interrupted at step 3") as info:
         finetune(_config(tmp_path, "interrupted", save_every=100), registry, QUIET)
     assert info.value.exit_code == 130
     assert (tmp_path / "interrupted" / "checkpoints" / "step-000003").is_dir()
-    monkeypatch.setattr(torch.optim.AdamW, "step", original)
+    monkeypatch.undo()
     finetune(_config(tmp_path, "interrupted", save_every=100), registry, QUIET)
     _assert_same(_checkpoint(tmp_path / "straight", 4), _checkpoint(tmp_path / "interrupted", 4))
+
+    # A real SIGINT during the optimizer step is held until the step is applied, validated and saved.
+    original = torch.optim.AdamW.step
+    calls = {"n": 0}
+
+    def step(self, *args, **kwargs):
+        calls["n"] += 1
+        if calls["n"] == 3:
+            os.kill(os.getpid(), signal.SIGINT)
+        return original(self, *args, **kwargs)
+
+    monkeypatch.setattr(torch.optim.AdamW, "step", step)
+    with pytest.raises(DmforgeError, match="Interrupted at step 3"):
+        finetune(_config(tmp_path, "signalled", save_every=100), registry, QUIET)
+    monkeypatch.undo()
+    finetune(_config(tmp_path, "signalled", save_every=100), registry, QUIET)
+    _assert_same(_checkpoint(tmp_path / "straight", 4), _checkpoint(tmp_path / "signalled", 4))
+
+
+def test_kill_9_at_a_random_point_of_training_resumes_to_the_same_weights(tmp_path: Path):
+    """`kill -9` skips every handler; the run resumes from its last whole checkpoint to the same result."""
+    import random
+
+    import yaml
+
+    registry = load_registry()
+    straight = _config(tmp_path, "straight", save_every=1)
+    finetune(straight, registry, QUIET)
+
+    killed = _config(tmp_path, "killed", save_every=1)
+    config_file = tmp_path / "killed.yaml"
+    config_file.write_text(yaml.safe_dump(json.loads(killed.model_dump_json())))
+    child = subprocess.Popen(
+        [sys.executable, "-m", "dmforge", "finetune", "--config", str(config_file)],
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
+    first = tmp_path / "killed" / "checkpoints" / "step-000001"
+    deadline = time.monotonic() + 300
+    while not first.is_dir() and child.poll() is None and time.monotonic() < deadline:
+        time.sleep(0.05)
+    delay = random.Random().uniform(0.0, 4.0)  # anywhere: mid-step, mid-validation, mid-checkpoint
+    time.sleep(delay)
+    child.kill()
+    child.wait(30)
+    assert first.is_dir(), "the child trained at least one step before it was killed"
+    finetune(killed, registry, QUIET)
+    print(f"killed {delay:.2f} s after the first checkpoint")  # shown if the comparison below fails
+    _assert_same(_checkpoint(tmp_path / "straight", 4), _checkpoint(tmp_path / "killed", 4))
+    assert not list((tmp_path / "killed").rglob(".*.partial")), "half-written files of the killed run are gone"
 
 
 def test_a_changed_corpus_is_not_resumed_silently(tmp_path: Path):
