@@ -185,8 +185,10 @@ def test_a_changed_corpus_is_not_resumed_silently(tmp_path: Path):
     config = _config(tmp_path, "run", max_steps=2)  # copies the corpus afresh; then a game master edits it
     scenario = next((tmp_path / "scenarios").rglob("*.md"))
     scenario.write_text(scenario.read_text().replace("## DM\n", "## DM\nA new line.\n", 1))
+    dataset = (tmp_path / "run" / "dataset" / "train.jsonl").read_bytes()
     with pytest.raises(DmforgeError, match="the scenarios changed"):
         finetune(config, registry, QUIET)
+    assert (tmp_path / "run" / "dataset" / "train.jsonl").read_bytes() == dataset, "the refused run keeps its data"
 
 
 def test_preflight_refuses_what_would_not_fit(tmp_path: Path):

@@ -11,7 +11,6 @@ import json
 import os
 import re
 import shutil
-import tempfile
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
@@ -34,21 +33,19 @@ def _umask() -> int:
 
 
 def write_text(path: Path, text: str) -> None:
-    """Write a text file atomically: a temporary file in the same folder, then a rename."""
+    """Write a text file atomically: a file of its own beside `path` (see `partial_path`), then a rename."""
     path = Path(path)
     try:
         path.parent.mkdir(parents=True, exist_ok=True)
-        fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+        tmp = partial_path(path)
         try:
-            with os.fdopen(fd, "w", encoding="utf-8") as handle:
+            with open(tmp, "x", encoding="utf-8") as handle:  # "x": never write into another writer's file
                 handle.write(text)
                 handle.flush()
                 os.fsync(handle.fileno())
-            os.chmod(tmp, 0o666 & ~_umask())  # mkstemp makes 0600; the user expects ordinary permissions
             os.replace(tmp, path)
-        except BaseException:
-            Path(tmp).unlink(missing_ok=True)
-            raise
+        finally:
+            tmp.unlink(missing_ok=True)
     except OSError as exc:
         raise _explain_os_error(exc, path) from exc
 
