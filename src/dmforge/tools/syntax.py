@@ -49,6 +49,11 @@ def _fold(value: str) -> str:
     return " ".join(value.split()).lower()
 
 
+def _clip(text: str, width: int = 60) -> str:
+    """Text quoted in an error message, cut short: a hostile call can be a megabyte long."""
+    return text if len(text) <= width else text[: width - 1] + "…"
+
+
 def _check_value(value: str, where: str) -> str:
     value = value.strip()
     if not value:
@@ -56,7 +61,7 @@ def _check_value(value: str, where: str) -> str:
     bad = sorted(_FORBIDDEN_IN_VALUE.intersection(value))
     if bad:
         shown = ", ".join(repr(c) for c in bad)
-        raise CallSyntaxError(f"{where} `{value}` contains {shown}, which a call argument cannot hold")
+        raise CallSyntaxError(f"{where} `{_clip(value)}` contains {shown}, which a call argument cannot hold")
     return value
 
 
@@ -70,7 +75,7 @@ def parse(text: str) -> ToolCall:
     name = name.strip()
     if not NAME.fullmatch(name):
         raise CallSyntaxError(
-            f"`{name}` is not a tool name: names are lowercase letters, digits and `_`, starting with a letter"
+            f"`{_clip(name)}` is not a tool name: names are lowercase letters, digits and `_`, starting with a letter"
         )
     if not colon:
         return ToolCall(name)
@@ -79,20 +84,22 @@ def parse(text: str) -> ToolCall:
 
     positional: list[str] = []
     keywords: list[tuple[str, str]] = []
+    seen: set[str] = set()  # a set, not a scan of `keywords`: a call can hold thousands of arguments
     for index, part in enumerate(rest.split(","), start=1):
         if "=" in part:
             key, _, value = part.partition("=")
             key = key.strip()
             if not NAME.fullmatch(key):
-                raise CallSyntaxError(f"argument {index}: `{key}` is not a valid argument name before `=`")
-            if any(k == key for k, _ in keywords):
-                raise CallSyntaxError(f"argument {index}: `{key}=` is given twice")
-            keywords.append((key, _check_value(value, f"argument {index} (`{key}=`)")))
+                raise CallSyntaxError(f"argument {index}: `{_clip(key)}` is not a valid argument name before `=`")
+            if key in seen:
+                raise CallSyntaxError(f"argument {index}: `{_clip(key)}=` is given twice")
+            seen.add(key)
+            keywords.append((key, _check_value(value, f"argument {index} (`{_clip(key)}=`)")))
         else:
             value = _check_value(part, f"argument {index}")
             if keywords:
                 raise CallSyntaxError(
-                    f"argument {index}: `{value}` comes after a key=value pair; put positional values first"
+                    f"argument {index}: `{_clip(value)}` comes after a key=value pair; put positional values first"
                 )
             positional.append(value)
     return ToolCall(name, tuple(positional), tuple(keywords))
@@ -110,20 +117,21 @@ class BracketKind(StrEnum):
 @dataclass(frozen=True)
 class Bracket:
     kind: BracketKind
-    text: str  # the raw bracketed text, brackets included
+    text: str  # the raw bracketed text, brackets included; for an unclosed one, the start of the rest of the line
     line: int  # 0-based line within the scanned text
     column: int  # 0-based column of the `[`
     call: ToolCall | None = None
     error: str | None = field(default=None, compare=False)
 
 
-_LOOKS_LIKE_CALL = re.compile(r"\s*[a-z][a-z0-9_]*\s*(:|$)")
+_LOOKS_LIKE_CALL = re.compile(r"\s*+[a-z][a-z0-9_]*+\s*+(:|$)")
 _CHECKBOX = {" ", "x", "X"}
+UNCLOSED_SHOWN = 80  # characters kept of an unclosed bracket's line: enough to find it, never the whole line
 
 
-def _classify(raw: str, after: str) -> tuple[BracketKind, ToolCall | None, str | None]:
+def _classify(raw: str, link: bool) -> tuple[BracketKind, ToolCall | None, str | None]:
     inner = raw[1:-1]
-    if after.startswith("("):
+    if link:
         return BracketKind.LINK, None, None
     if inner in _CHECKBOX:
         return BracketKind.CHECKBOX, None, None
@@ -135,22 +143,32 @@ def _classify(raw: str, after: str) -> tuple[BracketKind, ToolCall | None, str |
     return BracketKind.NOT_A_CALL, None, None
 
 
-def scan_brackets(text: str) -> list[Bracket]:
-    """Every `[...]` in `text`, classified. Calls never span lines, so each line is scanned alone."""
+def scan_brackets(text: str, limit: int | None = None) -> list[Bracket]:
+    """Every `[...]` in `text` (the first `limit` of them), classified. Calls never span lines, so each
+    line is scanned alone.
+
+    Linear in the length of the text: the next `]` is looked up again only once the scan has passed
+    it, so a line of a million `[` is read once, not once per bracket.
+    """
     found: list[Bracket] = []
     for line_no, line in enumerate(text.split("\n")):
         col = line.find("[")
+        close = -1 if col == -1 else line.find("]", col + 1)
         while col != -1:
-            close = line.find("]", col + 1)
+            if limit is not None and len(found) >= limit:
+                return found
+            if close != -1 and close < col:
+                close = line.find("]", col + 1)
             reopen = line.find("[", col + 1)
             if close == -1 or (reopen != -1 and reopen < close):
-                found.append(Bracket(BracketKind.UNCLOSED, line[col:].rstrip(), line_no, col))
+                shown = line[col : col + UNCLOSED_SHOWN].rstrip()
+                found.append(Bracket(BracketKind.UNCLOSED, shown, line_no, col))
                 col = reopen
                 continue
             raw = line[col : close + 1]
-            kind, call, error = _classify(raw, line[close + 1 :])
+            kind, call, error = _classify(raw, link=line.startswith("(", close + 1))
             found.append(Bracket(kind, raw, line_no, col, call, error))
-            col = line.find("[", close + 1)
+            col = reopen  # the first `[` after this one, and it is past the `]`
     return found
 
 
