@@ -8,7 +8,8 @@ one kind each. Dice expressions go through the `d20` grammar, the same one the p
 from __future__ import annotations
 
 import difflib
-from functools import cache
+import re
+from functools import cache, lru_cache
 from importlib import resources
 from pathlib import Path
 from typing import Literal
@@ -107,25 +108,77 @@ def _fold(value: str) -> str:
     return " ".join(value.split()).lower()
 
 
-def parse_dice(expression: str, require_die: bool = True) -> d20.Expression | None:
-    """The parsed expression, or None when it is not dice in the d20 grammar."""
+# The d20 grammar accepts `99999999d6` (rolling it takes minutes, or fails halfway), `1d0` (fails when
+# rolled) and expressions of any length. Real 5e dice are far inside these bounds: the largest roll in
+# the SRD is 40d6 (meteor swarm), the largest die d100, and `4d6kh3 + 2d8 + 1d4 + 5` is 22 characters.
+MAX_DICE_TEXT = 64  # characters
+MAX_DICE_TERMS = 10  # `NdS` terms in one expression
+MAX_DICE_COUNT = 100  # dice in one term
+MAX_DIE_SIDES = 1000  # and at least 2: a d0 cannot be rolled, and a d1 is a number
+DICE_LIMITS = (
+    f"the limits are {MAX_DICE_COUNT} dice per term, dice of 2 to {MAX_DIE_SIDES} sides, "
+    f"{MAX_DICE_TERMS} dice terms and {MAX_DICE_TEXT} characters"
+)
+MAX_ARGUMENTS = 16  # the starter tools take at most 4; a call with thousands would be checked thousands of times
+# The characters of the d20 grammar: a long run of only these is an attempt at dice, not a skill's name.
+_DICE_TEXT = re.compile(r"[0-9dkhlpremia%+\-*/()<>=!,.\s]++")
+_INT = re.compile(r"[+-]?[0-9]+")
+
+
+def _clip(text: str, width: int = 60) -> str:
+    """A value quoted in a message, cut short: a hostile call's value can be a megabyte long."""
+    return text if len(text) <= width else text[: width - 1] + "…"
+
+
+@lru_cache(maxsize=4096)  # a corpus repeats `1d6` and `2d6+3` thousands of times; d20's parser is slow
+def _read_dice(expression: str) -> tuple[d20.Expression | None, str | None, int]:
+    """(the tree, None, how many dice terms) for dice within the limits; (None, why, 0) for dice outside
+    them; (None, None, 0) for text that is not in the d20 grammar. `expression` is at most MAX_DICE_TEXT long.
+    """
     try:
         tree = d20.parse(expression)
     except (d20.RollSyntaxError, d20.RollValueError, ValueError, TypeError, RecursionError):
+        return None, None, 0
+    terms = 0
+    stack: list[object] = [tree]
+    while stack:
+        node = stack.pop()
+        if isinstance(node, d20.diceast.Dice):
+            terms += 1
+            sides = 100 if node.size == "%" else node.size
+            if not 1 <= node.num <= MAX_DICE_COUNT:
+                return None, f"{node.num:,} dice in one term (`{node}`); {DICE_LIMITS}", 0
+            if not 2 <= sides <= MAX_DIE_SIDES:
+                return None, f"a die of {sides:,} sides (`{node}`); {DICE_LIMITS}", 0
+        stack.extend(getattr(node, "children", ()))
+    if terms > MAX_DICE_TERMS:
+        return None, f"{terms} dice terms; {DICE_LIMITS}", 0
+    return tree, None, terms
+
+
+def dice_problem(expression: str) -> str | None:
+    """Why `expression`, written as dice, is outside dmforge's dice limits; None when it is within them
+    or is not dice at all (then the caller says what it should be)."""
+    if len(expression) > MAX_DICE_TEXT:
+        if _DICE_TEXT.fullmatch(expression):
+            return f"{len(expression):,} characters; {DICE_LIMITS}"
         return None
-    if require_die and not _has_die(tree):
+    return _read_dice(expression)[1]
+
+
+def parse_dice(expression: str, require_die: bool = True) -> d20.Expression | None:
+    """The parsed expression, or None when it is not dice in the d20 grammar within dmforge's limits."""
+    if len(expression) > MAX_DICE_TEXT:
+        return None
+    tree, _, terms = _read_dice(expression)
+    if tree is None or (require_die and terms == 0):
         return None
     return tree
 
 
-def _has_die(node: object) -> bool:
-    if isinstance(node, d20.diceast.Dice):
-        return True
-    return any(_has_die(child) for child in getattr(node, "children", ()))
-
-
 def _is_int(value: str) -> bool:
-    return value.lstrip("+-").isdigit()
+    # ASCII digits only: `²` is a digit to str.isdigit, but int() refuses it.
+    return _INT.fullmatch(value) is not None
 
 
 def matches_kind(value: str, kind: ArgKind, registry: Registry) -> bool:
@@ -173,8 +226,17 @@ def _suggestion(value: str, kinds: list[ArgKind], registry: Registry) -> str:
             words += registry.vocabularies[kind]
         elif kind == "save":
             words += [f"{a} save" for a in registry.vocabularies["ability"]]
+    if len(value) > 64:  # no misspelling of a vocabulary word is this long, and difflib is slow on long text
+        return ""
     close = difflib.get_close_matches(_fold(value), words, n=1, cutoff=0.6)
     return f" Did you mean `{close[0]}`?" if close else ""
+
+
+def _dice_note(value: str, kinds: list[ArgKind] | tuple[ArgKind, ...]) -> str | None:
+    """The dice limit `value` breaks, when it is written as dice where dice are accepted."""
+    if "dice" not in kinds and "dice_or_number" not in kinds:
+        return None
+    return dice_problem(value)
 
 
 def check_call(call: ToolCall, registry: Registry) -> list[str]:
@@ -186,6 +248,9 @@ def check_call(call: ToolCall, registry: Registry) -> list[str]:
     spec = registry.tools.get(call.name)
     if spec is None:
         return []
+    given_count = len(call.positional) + len(call.keywords)
+    if given_count > MAX_ARGUMENTS:
+        return [f"`{call.name}` is given {given_count:,} arguments; a call takes at most {MAX_ARGUMENTS}"]
     problems: list[str] = []
     values = list(call.positional)
     for slot in spec.positional:
@@ -197,8 +262,13 @@ def check_call(call: ToolCall, registry: Registry) -> list[str]:
         value = values.pop(0)
         if not any(matches_kind(value, kind, registry) for kind in slot.kinds):
             expected = " or ".join(_KIND_WORDS[k] for k in slot.kinds)
+            if note := _dice_note(value, slot.kinds):
+                problems.append(
+                    f"`{_clip(value)}` (the {slot.name} of `{call.name}`) is outside the dice limits: {note}"
+                )
+                continue
             problems.append(
-                f"`{value}` is not {expected} (the {slot.name} of `{call.name}`)."
+                f"`{_clip(value)}` is not {expected} (the {slot.name} of `{call.name}`)."
                 + _suggestion(value, slot.kinds, registry)
             )
     seen_flags: list[str] = []
@@ -207,9 +277,11 @@ def check_call(call: ToolCall, registry: Registry) -> list[str]:
         if flag in spec.flags:
             seen_flags.append(flag)
         elif spec.flags:
-            problems.append(f"`{value}` is not an option of `{call.name}` (options: {', '.join(spec.flags)})")
+            problems.append(f"`{_clip(value)}` is not an option of `{call.name}` (options: {', '.join(spec.flags)})")
         else:
-            problems.append(f"`{call.name}` takes {len(spec.positional)} positional value(s); `{value}` is extra")
+            problems.append(
+                f"`{call.name}` takes {len(spec.positional)} positional value(s); `{_clip(value)}` is extra"
+            )
     for group in spec.exclusive:
         both = [f for f in group if f in seen_flags]
         if len(both) > 1:
@@ -219,17 +291,26 @@ def check_call(call: ToolCall, registry: Registry) -> list[str]:
         kw = spec.keywords.get(key)
         if kw is None:
             allowed = ", ".join(f"{k}=" for k in spec.keywords) or "none"
-            problems.append(f"`{call.name}` has no `{key}=` argument (allowed: {allowed})")
+            problems.append(f"`{call.name}` has no `{_clip(key)}=` argument (allowed: {allowed})")
             continue
         if not matches_kind(value, kw.kind, registry):
-            problems.append(f"`{key}={value}` is not {_KIND_WORDS[kw.kind]}." + _suggestion(value, [kw.kind], registry))
-        elif kw.kind == "integer" and not _within(int(value), kw.min, kw.max):
-            problems.append(f"`{key}={value}` is outside {kw.min}..{kw.max}")
+            shown = _clip(f"{key}={value}")
+            if note := _dice_note(value, (kw.kind,)):
+                problems.append(f"`{shown}` is outside the dice limits: {note}")
+            else:
+                problems.append(f"`{shown}` is not {_KIND_WORDS[kw.kind]}." + _suggestion(value, [kw.kind], registry))
+        elif kw.kind == "integer" and not _within(value, kw.min, kw.max):
+            problems.append(f"`{_clip(f'{key}={value}')}` is outside {kw.min}..{kw.max}")
     for key, kw in spec.keywords.items():
         if kw.required and key not in given:
             problems.append(f"`{call.name}` needs a `{key}=` argument, e.g. `{call.name}: ..., {key}=...`")
     return problems
 
 
-def _within(value: int, low: int | None, high: int | None) -> bool:
+def _within(text: str, low: int | None, high: int | None) -> bool:
+    if low is None and high is None:
+        return True
+    if len(text.lstrip("+-0")) > 18:  # beyond any bound a registry sets; and int() refuses 4,300 digits
+        return False
+    value = int(text)
     return (low is None or value >= low) and (high is None or value <= high)
