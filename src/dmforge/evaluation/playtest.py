@@ -45,38 +45,46 @@ PARTY = ("Brakka", "Sorrel")
 
 
 def execute(call: ToolCall, registry: Registry, rng: random.Random) -> str:
-    """Run one call the way the app's agent would, and say the result in the scenario format."""
+    """Run one call the way the app's agent would, and say the result in the scenario format.
+
+    The call is whatever the model wrote, so this never raises: a call that cannot be run (an unknown
+    tool, `1d0`, `dc=abc`, dice that explode forever) comes back as an `error: ...` result, as the app
+    would show it. d20 stops any roll after 1,000 dice, so it cannot hang either.
+    """
     if call.name not in registry.tools:
-        return f"error: unknown tool {call.name}"
-    problems = check_call(call, registry)
-    if problems:
-        return f"error: {problems[0]}"
-    roller = d20.Roller()
-    random.seed(rng.randint(0, 2**31))  # d20 rolls with the `random` module; seeded so a playtest is reproducible
-    flags = {v.lower() for v in call.positional[1:]}
-    die = "2d20kh1" if "advantage" in flags else "2d20kl1" if "disadvantage" in flags else "1d20"
-    target = call.keyword("target") or "the target"
-    match call.name:
-        case "roll":
-            subject = call.positional[0].lower()
-            total = roller.roll(call.positional[0]).total if parse_dice(subject) else roller.roll(die).total
-            dc = call.keyword("dc") or ("10" if subject == "death save" else None)
-            return f"{total}, {'success' if total >= int(dc) else 'failure'}" if dc else str(total)
-        case "initiative":
-            order = sorted(((roller.roll("1d20").total, name) for name in (*PARTY, "the enemy")), reverse=True)
-            return ", ".join(f"{name} {total}" for total, name in order)
-        case "attack":
-            total = roller.roll(die).total
-            return f"{total}, {'hit' if total >= TARGET_AC else 'miss'}"
-        case "damage":
-            return str(roller.roll(call.positional[0]).total)
-        case "heal":
-            amount = call.positional[0]
-            return str(int(amount) if amount.lstrip("+-").isdigit() else roller.roll(amount).total)
-        case "condition":
-            condition = call.positional[0].lower()
-            return f"{target} is no longer {condition}" if "remove" in flags else f"{target} is {condition}"
-    return "ok"
+        return f"error: unknown tool {call.name[:60]}"
+    try:
+        problems = check_call(call, registry)
+        if problems:
+            return f"error: {problems[0]}"
+        roller = d20.Roller()
+        random.seed(rng.randint(0, 2**31))  # d20 rolls with the `random` module; seeded so a playtest is reproducible
+        flags = {v.lower() for v in call.positional[1:]}
+        die = "2d20kh1" if "advantage" in flags else "2d20kl1" if "disadvantage" in flags else "1d20"
+        target = call.keyword("target") or "the target"
+        match call.name:
+            case "roll":
+                subject = call.positional[0].lower()
+                total = roller.roll(call.positional[0]).total if parse_dice(subject) else roller.roll(die).total
+                dc = call.keyword("dc") or ("10" if subject == "death save" else None)
+                return f"{total}, {'success' if total >= int(dc) else 'failure'}" if dc else str(total)
+            case "initiative":
+                order = sorted(((roller.roll("1d20").total, name) for name in (*PARTY, "the enemy")), reverse=True)
+                return ", ".join(f"{name} {total}" for total, name in order)
+            case "attack":
+                total = roller.roll(die).total
+                return f"{total}, {'hit' if total >= TARGET_AC else 'miss'}"
+            case "damage":
+                return str(roller.roll(call.positional[0]).total)
+            case "heal":
+                amount = call.positional[0]
+                return str(int(amount) if amount.lstrip("+-").isdigit() else roller.roll(amount).total)
+            case "condition":
+                condition = call.positional[0].lower()
+                return f"{target} is no longer {condition}" if "remove" in flags else f"{target} is {condition}"
+        return "ok"
+    except Exception as exc:  # d20's TooManyRolls or RollValueError, int() of 5,000 digits, ...: the model's fault
+        return f"error: {type(exc).__name__}: {str(exc)[:200]}"
 
 
 def playtest(
