@@ -7,6 +7,7 @@ can be checked against it.
 
 from __future__ import annotations
 
+from collections import Counter
 from dataclasses import dataclass
 from enum import StrEnum
 from pathlib import Path
@@ -52,6 +53,12 @@ _RULES = [
         Severity.ERROR,
         "the file is larger than the size limit",
         "Split it into several scenarios, or raise `data.max_file_bytes` in your dmforge config.",
+    ),
+    Rule(
+        "path-outside-scenarios",
+        Severity.ERROR,
+        "a symbolic link in the scenarios folder leads outside it; it was not read",
+        "Copy the file into the scenarios folder instead of linking to it, or check the other folder by naming it.",
     ),
     # Header
     Rule(
@@ -104,6 +111,13 @@ _RULES = [
         "Fix the YAML between the `---` lines: one `key: value` per line.",
     ),
     Rule(
+        "front-matter-too-large",
+        Severity.ERROR,
+        "the YAML front matter is larger than the size limit",
+        "Keep the front matter to the header keys (Role, World, Location, Party, ...); "
+        "move long text into the scenario's sections.",
+    ),
+    Rule(
         "front-matter-unclosed",
         Severity.ERROR,
         "the YAML front matter has no closing `---`",
@@ -115,6 +129,12 @@ _RULES = [
         Severity.ERROR,
         "a `## ` heading that is not a known section",
         "Use one of SYSTEM, User, DM or TOOLCALL (or an alias such as Player, GM, Roll).",
+    ),
+    Rule(
+        "section-too-many",
+        Severity.ERROR,
+        "a file with more sections than the limit",
+        "One file is one scenario of a few dozen turns: split the file into several scenarios.",
     ),
     Rule(
         "section-empty",
@@ -153,6 +173,12 @@ _RULES = [
         Severity.ERROR,
         "a `[` with no matching `]` on the same line",
         "Close the bracket, e.g. `[roll: perception]`; a tool call must fit on one line.",
+    ),
+    Rule(
+        "call-too-many",
+        Severity.ERROR,
+        "a DM turn with more square brackets than the limit",
+        "A DM reply makes a few tool calls: split the turn, or remove the brackets that are not calls.",
     ),
     Rule(
         "call-malformed",
@@ -219,6 +245,12 @@ _RULES = [
         "Delete one of the copies; dmforge keeps only the first.",
     ),
     Rule(
+        "diagnostics-truncated",
+        Severity.WARNING,
+        "more diagnostics were found than are listed",
+        "Fix the problems listed and check again to see the rest; the error and warning counts include them all.",
+    ),
+    Rule(
         "internal-error",
         Severity.ERROR,
         "dmforge failed on this file",
@@ -244,6 +276,16 @@ class Diagnostic(BaseModel):
         return f"{self.file}:{self.line}: {self.severity.value} [{self.code}] {self.message} — {self.hint}"
 
 
+# Messages quote the file's own text; a quote of a megabyte-long line would make every report unreadable.
+MAX_MESSAGE = 500
+MAX_SUBJECT = 100
+TRUNCATED = "diagnostics-truncated"
+
+
+def _clip(text: str, width: int) -> str:
+    return text if len(text) <= width else text[: width - 1] + "…"
+
+
 def diagnose(
     code: str, file: str | Path, line: int, message: str, hint: str | None = None, subject: str | None = None
 ) -> Diagnostic:
@@ -254,11 +296,87 @@ def diagnose(
         severity=rule.severity,
         file=str(file),
         line=max(line, 1),
-        message=message,
-        hint=hint or rule.hint,
-        subject=subject,
+        message=_clip(message, MAX_MESSAGE),
+        hint=_clip(hint or rule.hint, MAX_MESSAGE),
+        subject=None if subject is None else _clip(subject, MAX_SUBJECT),
     )
 
 
 def count(diagnostics: list[Diagnostic], severity: Severity) -> int:
-    return sum(1 for d in diagnostics if d.severity is severity)
+    """How many problems of `severity` are listed; a truncation summary stands for others and is not one."""
+    return sum(1 for d in diagnostics if d.severity is severity and d.code != TRUNCATED)
+
+
+class DiagnosticLog:
+    """The diagnostics of one file, or of one run, as they are found; at most `limit` of them are kept.
+
+    A megabyte of broken lines can hold half a million problems: listing them all helps no one and
+    costs memory, so past the limit a diagnostic is only counted by code (and, through `add`, never
+    even built). Errors are kept before warnings so that a file with an error still shows one, and
+    `seen` counts everything so that the error and warning totals stay exact.
+    """
+
+    def __init__(self, limit: int | None = None) -> None:
+        self.limit = limit
+        self.seen: Counter[Severity] = Counter()  # every problem found, kept or not
+        self.cut: Counter[str] = Counter()  # problems found but not kept, by code
+        self.first_cut_line: int | None = None
+        self._kept: dict[Severity, list[tuple[int, Diagnostic]]] = {Severity.ERROR: [], Severity.WARNING: []}
+        self._order = 0
+
+    def _has_room(self, severity: Severity) -> bool:
+        return self.limit is None or len(self._kept[severity]) < self.limit
+
+    def _count_cut(self, code: str, line: int) -> None:
+        self.cut[code] += 1
+        self.first_cut_line = line if self.first_cut_line is None else min(self.first_cut_line, line)
+
+    def append(self, diagnostic: Diagnostic) -> None:
+        if diagnostic.code != TRUNCATED:
+            self.seen[diagnostic.severity] += 1
+        if self._has_room(diagnostic.severity):
+            self._kept[diagnostic.severity].append((self._order, diagnostic))
+            self._order += 1
+        elif diagnostic.code != TRUNCATED:  # a summary that is cut is counted by the summary that replaces it
+            self._count_cut(diagnostic.code, diagnostic.line)
+
+    def add(
+        self, code: str, file: str | Path, line: int, message: str, hint: str | None = None, subject: str | None = None
+    ) -> None:
+        """`append(diagnose(...))`, without building the diagnostic when it would not be kept."""
+        severity = RULES[code].severity
+        if self.limit is None or len(self._kept[severity]) < self.limit:
+            self.append(diagnose(code, file, line, message, hint, subject))
+            return
+        # The hot path of a file with a million broken lines: count, and nothing else.
+        self.seen[severity] += 1
+        self.cut[code] += 1
+        if self.first_cut_line is None or line < self.first_cut_line:
+            self.first_cut_line = max(line, 1)
+
+    def kept(self) -> list[Diagnostic]:
+        """The diagnostics to list, in the order found: every kept error, then warnings up to the limit."""
+        errors, warnings = self._kept[Severity.ERROR], self._kept[Severity.WARNING]
+        if self.limit is not None and len(errors) + len(warnings) > self.limit:
+            room = self.limit - len(errors)
+            for _, d in warnings[room:]:
+                if d.code != TRUNCATED:
+                    self._count_cut(d.code, d.line)
+            warnings = warnings[:room]
+            self._kept[Severity.WARNING] = warnings
+        return [d for _, d in sorted(errors + warnings, key=lambda pair: pair[0])]
+
+    def has_errors(self) -> bool:
+        return self.seen[Severity.ERROR] > 0
+
+
+def cut_summary(cut: Counter[str], limit: str) -> str:
+    """`12,000 header-stray-text, 3 call-malformed`: what a truncation summary says was cut."""
+    total = sum(cut.values())
+    codes = ", ".join(f"{n:,} {code}" for code, n in cut.most_common())
+    return f"{total:,} more diagnostic(s) were found but are not listed ({limit}): {codes}"
+
+
+def cut_counts(cut: Counter[str], severity: Severity) -> int:
+    """How many of the problems that were cut have `severity`."""
+    return sum(n for code, n in cut.items() if code != TRUNCATED and RULES[code].severity is severity)
