@@ -6,12 +6,22 @@ dmforge becomes a diagnostic on that file rather than a crash.
 
 from __future__ import annotations
 
+import os
 from collections import Counter
 from dataclasses import dataclass, field
 from pathlib import Path
 
 from dmforge.errors import DmforgeError
-from dmforge.scenarios.diagnostics import Diagnostic, Severity, count, diagnose
+from dmforge.scenarios.diagnostics import (
+    TRUNCATED,
+    Diagnostic,
+    DiagnosticLog,
+    Severity,
+    count,
+    cut_counts,
+    cut_summary,
+    diagnose,
+)
 from dmforge.scenarios.model import Scenario
 from dmforge.scenarios.parser import parse_scenario
 from dmforge.scenarios.reader import DEFAULT_MAX_FILE_BYTES, read_scenario_file
@@ -33,23 +43,91 @@ class ScenarioFile:
         return parts[0].lower() if len(parts) > 1 else "general"
 
 
-def _is_scenario(path: Path, root: Path) -> bool:
-    # README.md is documentation for the folder, and dot-folders are editor or VCS state.
-    relative = path.relative_to(root).parts
-    return path.name.lower() != "readme.md" and not any(p.startswith(".") for p in relative)
+MAX_DIAGNOSTICS_PER_FILE = 50  # a broken file's first fifty problems say what is wrong with it
+MAX_DIAGNOSTICS_PER_RUN = 2000  # a few hundred broken files, listed in a report of about a megabyte
 
 
-def collect_files(paths: list[Path]) -> list[ScenarioFile]:
-    """Expand folders into their `.md` files, sorted so that every run reads them in the same order."""
+def _is_scenario(name: str) -> bool:
+    # README.md is documentation for the folder; only Markdown files are scenarios.
+    return name.endswith(".md") and name.lower() != "readme.md"
+
+
+def _inside(path: Path, root: Path) -> bool:
+    return path == root or root in path.parents
+
+
+def _walk(root: Path) -> tuple[list[Path], list[Diagnostic]]:
+    """The scenario files under `root`, and a diagnostic for each symbolic link that was not followed.
+
+    A link is never followed into a folder: a link to a folder inside `root` would read its files twice
+    (and a link to an ancestor, forever), and one to a folder outside would read files that are not
+    scenarios and quote them in diagnostics. A link to a file inside `root` is read like the file.
+    """
+    real_root = root.resolve()
+    files: list[Path] = []
+    refused: list[Diagnostic] = []
+    folders = [root]
+    while folders:
+        folder = folders.pop()
+        try:
+            entries = list(os.scandir(folder))
+        except OSError as exc:
+            refused.append(diagnose("file-unreadable", folder, 1, f"cannot list the folder: {exc.strerror or exc}"))
+            continue
+        for entry in entries:
+            if entry.name.startswith("."):  # editor or VCS state
+                continue
+            path = Path(entry.path)
+            if entry.is_symlink():
+                try:
+                    target = path.resolve(strict=True)
+                except (OSError, RuntimeError):  # a missing target, or a loop of links
+                    if _is_scenario(entry.name):
+                        refused.append(
+                            diagnose(
+                                "file-unreadable",
+                                path,
+                                1,
+                                "the symbolic link leads nowhere (a loop or a missing target)",
+                            )
+                        )
+                    continue
+                if not _inside(target, real_root):
+                    if target.is_dir() or _is_scenario(entry.name):
+                        what = "folder" if target.is_dir() else "file"
+                        refused.append(
+                            diagnose(
+                                "path-outside-scenarios",
+                                path,
+                                1,
+                                f"this {what} is a symbolic link to a place outside {root}; it was not read",
+                            )
+                        )
+                    continue
+                if target.is_file() and _is_scenario(entry.name):
+                    files.append(path)
+                continue  # a linked folder inside the root: its files are read where they really are
+            if entry.is_dir(follow_symlinks=False):
+                folders.append(path)
+            elif entry.is_file(follow_symlinks=False) and _is_scenario(entry.name):
+                files.append(path)
+    return sorted(files), sorted(refused, key=lambda d: d.file)
+
+
+def find_files(paths: list[Path]) -> tuple[list[ScenarioFile], list[Diagnostic]]:
+    """Expand folders into their `.md` files, sorted so that every run reads them in the same order,
+    and report the symbolic links that lead out of a folder (their content is never read)."""
     found: list[ScenarioFile] = []
+    refused: list[Diagnostic] = []
     for path in paths:
         if path.is_dir():
-            found += [
-                ScenarioFile(p, path) for p in sorted(path.rglob("*.md")) if _is_scenario(p, path) and p.is_file()
-            ]
+            files, links = _walk(path)
+            found += [ScenarioFile(p, path) for p in files]
+            refused += links
         elif path.is_file():
-            # A file named alone is read as if its folder's parent were the scenarios root,
-            # so `combat/x.md` gets the same category as when its whole folder is checked.
+            # A file named alone is read as given (even through a link: naming it is consent), as if its
+            # folder's parent were the scenarios root, so `combat/x.md` gets the same category as when
+            # its whole folder is checked.
             found.append(ScenarioFile(path, path.parent.parent if path.parent != path.parent.parent else path.parent))
         else:
             raise DmforgeError(
@@ -57,22 +135,29 @@ def collect_files(paths: list[Path]) -> list[ScenarioFile]:
                 "(the sample corpus is data/scenarios).",
                 exit_code=2,
             )
-    return found
+    return found, refused
+
+
+def collect_files(paths: list[Path]) -> list[ScenarioFile]:
+    """The scenario files in `paths` (see `find_files`)."""
+    return find_files(paths)[0]
 
 
 @dataclass
 class CheckReport:
     files: int = 0
     scenarios: list[Scenario] = field(default_factory=list)  # parsed without errors, duplicates removed
-    diagnostics: list[Diagnostic] = field(default_factory=list)
+    diagnostics: list[Diagnostic] = field(default_factory=list)  # at most MAX_DIAGNOSTICS_PER_RUN, and summaries
+    cut: Counter[str] = field(default_factory=Counter)  # problems found but not listed, by code
 
     @property
     def errors(self) -> int:
-        return count(self.diagnostics, Severity.ERROR)
+        """Every error found, listed or not: the verdict and the exit code depend on it."""
+        return count(self.diagnostics, Severity.ERROR) + cut_counts(self.cut, Severity.ERROR)
 
     @property
     def warnings(self) -> int:
-        return count(self.diagnostics, Severity.WARNING)
+        return count(self.diagnostics, Severity.WARNING) + cut_counts(self.cut, Severity.WARNING)
 
     @property
     def dm_turns(self) -> int:
@@ -108,46 +193,84 @@ class CheckReport:
             "scenarios_by_category": self.scenarios_by_category(),
             "unknown_tools": self.unknown_tools(),
             "diagnostics": [d.model_dump(mode="json") for d in self.diagnostics],
+            "diagnostics_not_listed": dict(sorted(self.cut.items())),
         }
 
 
-def check_file(file: ScenarioFile, registry: Registry, max_bytes: int) -> tuple[Scenario | None, list[Diagnostic]]:
+def check_file(
+    file: ScenarioFile, registry: Registry, max_bytes: int, limit: int | None = MAX_DIAGNOSTICS_PER_FILE
+) -> tuple[Scenario | None, list[Diagnostic], Counter[str]]:
+    """The scenario (None when it has errors), the diagnostics to list, and what was found but not listed.
+
+    At most `limit` diagnostics are listed, errors first, then one `diagnostics-truncated` summary.
+    """
     text, diags = read_scenario_file(file.path, max_bytes)
     if text is None:
-        return None, diags
+        return None, diags, Counter()
+    log = DiagnosticLog(limit)
     try:
-        scenario, diags = parse_scenario(text, str(file.path), file.id, file.default_category, registry)
+        scenario, diags = parse_scenario(text, str(file.path), file.id, file.default_category, registry, log=log)
     except Exception as exc:
-        return None, [diagnose("internal-error", file.path, 1, f"{type(exc).__name__}: {exc}")]
-    has_error = any(d.severity is Severity.ERROR for d in diags)
-    return (None if has_error else scenario), diags
+        return None, [diagnose("internal-error", file.path, 1, f"{type(exc).__name__}: {exc}")], Counter()
+    if log.cut:
+        diags.append(
+            diagnose(
+                TRUNCATED,
+                file.path,
+                log.first_cut_line or 1,
+                cut_summary(log.cut, f"at most {limit} are listed per file"),
+            )
+        )
+    return (None if log.has_errors() else scenario), diags, log.cut
 
 
 def check_paths(
     paths: list[Path], registry: Registry | None = None, max_bytes: int = DEFAULT_MAX_FILE_BYTES
 ) -> CheckReport:
     registry = registry or load_registry()
-    files = collect_files(paths)
+    files, refused = find_files(paths)
     report = CheckReport(files=len(files))
+    # The run's list is capped as each file's is: errors are kept before warnings, and every problem is
+    # still counted (report.cut), so a thousand broken files give a readable report and the right verdict.
+    listed = DiagnosticLog(MAX_DIAGNOSTICS_PER_RUN)
+    for d in refused:
+        listed.append(d)
     seen: dict[str, Scenario] = {}
     for file in files:
-        scenario, diags = check_file(file, registry, max_bytes)
-        report.diagnostics += diags
+        scenario, diags, cut = check_file(file, registry, max_bytes)
+        report.cut.update(cut)
+        for d in diags:
+            listed.append(d)
         if scenario is None:
             continue
         if scenario.fingerprint in seen:
             first = seen[scenario.fingerprint]
-            report.diagnostics.append(
-                diagnose("scenario-duplicate", file.path, 1, f"this file has the same text as {first.path}")
-            )
+            listed.append(diagnose("scenario-duplicate", file.path, 1, f"this file has the same text as {first.path}"))
             continue
         seen[scenario.fingerprint] = scenario
         report.scenarios.append(scenario)
-    if not files:
+    if not files and not refused:
         where = ", ".join(str(p) for p in paths)
         raise DmforgeError(
             f"No scenario files (*.md) were found in {where}. Put one Markdown scenario per file there, "
             "in a folder per category (e.g. combat/goblin-ambush.md).",
             exit_code=1,
+        )
+    report.diagnostics = listed.kept()
+    if listed.cut:
+        report.cut.update(listed.cut)
+        report.diagnostics.append(
+            diagnose(
+                TRUNCATED,
+                ", ".join(str(p) for p in paths),
+                1,
+                # Everything not listed, including what the files' own summaries stand for: those
+                # summaries may themselves be among what the run's cap cut.
+                cut_summary(
+                    report.cut,
+                    f"at most {MAX_DIAGNOSTICS_PER_FILE} per file and {MAX_DIAGNOSTICS_PER_RUN:,} per run are listed",
+                )
+                + "; check fewer files at a time to see them",
+            )
         )
     return report
