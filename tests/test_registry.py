@@ -122,3 +122,70 @@ def test_broken_registry_files_name_the_problem(tmp_path: Path, content, fragmen
 def test_missing_registry_file(tmp_path: Path):
     with pytest.raises(RegistryError, match="cannot read"):
         load_registry(tmp_path / "nope.yaml")
+
+
+# --- hostile arguments: bounded dice, ASCII integers, capped argument lists ---------------------
+
+
+@pytest.mark.parametrize(
+    ("dice", "ok"),
+    [
+        ("100d6", True),
+        ("101d6", False),
+        ("1001d6", False),
+        ("99999999d6", False),
+        ("0d6", False),
+        ("1d1000", True),
+        ("1d1001", False),
+        ("1d0", False),  # cannot be rolled
+        ("1d1", False),  # a number, not a die
+        ("d%", True),
+        ("+".join(["1d6"] * 10), True),
+        ("+".join(["1d6"] * 11), False),
+        ("1d6+" + "1" * 60, True),  # 64 characters
+        ("1d6+" + "1" * 61, False),
+    ],
+)
+def test_dice_are_bounded(dice, ok):
+    assert (parse_dice(dice) is not None) is ok, dice
+
+
+@pytest.mark.parametrize(
+    ("call", "fragment"),
+    [
+        ("[damage: 1001d6]", "1,001 dice in one term (`1001d6`)"),
+        ("[damage: 1d0, type=fire]", "a die of 0 sides"),
+        ("[roll: 99999999d6]", "99,999,999 dice"),
+        ("[heal: 1d0, target=Bo]", "a die of 0 sides"),
+        ("[damage: " + "1d6+" * 2500 + "1]", "10,001 characters"),
+    ],
+)
+def test_dice_over_the_limits_say_the_limits(call, fragment, registry):
+    (problem,) = check_call(parse(call), registry)
+    assert "outside the dice limits" in problem and fragment in problem
+    assert "100 dice per term, dice of 2 to 1000 sides, 10 dice terms and 64 characters" in problem
+    assert len(problem) < 400
+
+
+def test_only_what_is_written_as_dice_gets_the_dice_limits(registry):
+    (problem,) = check_call(parse("[roll: " + "1d20+" * 20 + "1]"), registry)
+    assert "101 characters" in problem and "dice limits" in problem
+    (problem,) = check_call(parse("[roll: " + "a very long skill " * 20 + "]"), registry)
+    assert "is not a skill" in problem and "dice limits" not in problem
+
+
+@pytest.mark.parametrize("dc", ["²", "+-5", "١٢"])
+def test_integers_are_ascii_digits(dc, registry):
+    # str.isdigit accepts these, and int() then raised instead of a problem being reported.
+    (problem,) = check_call(parse(f"[roll: stealth, dc={dc}]"), registry)
+    assert "not a whole number" in problem
+
+
+def test_huge_integers_are_out_of_range(registry):
+    (problem,) = check_call(parse("[roll: stealth, dc=" + "9" * 5000 + "]"), registry)
+    assert "outside 1..40" in problem and len(problem) < 200
+
+
+def test_a_call_with_thousands_of_arguments_is_one_problem(registry):
+    problems = check_call(parse("[roll: " + ", ".join(["stealth"] * 5000) + "]"), registry)
+    assert problems == ["`roll` is given 5,000 arguments; a call takes at most 16"]

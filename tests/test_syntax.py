@@ -2,11 +2,21 @@
 
 from __future__ import annotations
 
+import time
+
 import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from dmforge.tools.syntax import BracketKind, CallSyntaxError, ToolCall, find_calls, parse, scan_brackets
+from dmforge.tools.syntax import (
+    UNCLOSED_SHOWN,
+    BracketKind,
+    CallSyntaxError,
+    ToolCall,
+    find_calls,
+    parse,
+    scan_brackets,
+)
 
 
 @pytest.mark.parametrize(
@@ -124,3 +134,56 @@ def test_scanning_any_text_never_crashes(text):
         assert bracket.text.startswith("[")
         if bracket.kind is BracketKind.CALL:
             assert parse(str(bracket.call)) == bracket.call
+
+
+# --- hostile text: linear time, bounded output -----------------------------------------------------
+
+
+def test_a_line_of_open_brackets_is_scanned_in_linear_time():
+    # Each unclosed `[` used to rescan and copy the rest of the line: 200,000 of them took minutes.
+    start = time.perf_counter()
+    brackets = scan_brackets("[" * 200_000)
+    assert time.perf_counter() - start < 5
+    assert len(brackets) == 200_000 and all(b.kind is BracketKind.UNCLOSED for b in brackets)
+    assert max(len(b.text) for b in brackets) <= UNCLOSED_SHOWN
+
+
+def test_floods_of_brackets_are_linear():
+    for text in ("[x:" * 100_000, "[]" * 150_000, "[a](b)" * 50_000):
+        start = time.perf_counter()
+        scan_brackets(text)
+        assert time.perf_counter() - start < 5, text[:10]
+
+
+def test_an_unclosed_bracket_keeps_the_start_of_its_line():
+    (bracket,) = scan_brackets("Roll [roll: stealth, " + "x" * 10_000)
+    assert bracket.kind is BracketKind.UNCLOSED and bracket.column == 5
+    assert bracket.text.startswith("[roll: stealth, x") and len(bracket.text) == UNCLOSED_SHOWN
+
+
+def test_scan_stops_at_the_limit():
+    text = "[initiative] [roll: stealth]\n[a] [b]"
+    assert [b.text for b in scan_brackets(text, limit=3)] == ["[initiative]", "[roll: stealth]", "[a]"]
+    assert scan_brackets(text, limit=0) == []
+    assert len(scan_brackets(text)) == 4
+
+
+def test_a_call_with_many_keywords_parses_in_linear_time():
+    # Repeated keywords were found by rescanning the ones before: quadratic in the number of arguments.
+    text = "[roll: stealth, " + ", ".join(f"k{i}=1" for i in range(50_000)) + "]"
+    start = time.perf_counter()
+    call = parse(text)
+    assert time.perf_counter() - start < 5 and len(call.keywords) == 50_000
+    with pytest.raises(CallSyntaxError, match="given twice"):
+        parse(text[:-1] + ", k7=2]")
+
+
+def test_error_messages_quote_at_most_a_little_of_the_call():
+    for text in (
+        "[roll: x, " + "A" * 10_000 + "=1]",
+        "[roll: x, a=" + "(" * 10_000 + "=]",
+        "[" + "Q" * 10_000 + "]",
+    ):
+        with pytest.raises(CallSyntaxError) as info:
+            parse(text)
+        assert len(str(info.value)) < 300
