@@ -198,16 +198,21 @@ class CheckReport:
 
 
 def check_file(
-    file: ScenarioFile, registry: Registry, max_bytes: int, limit: int | None = MAX_DIAGNOSTICS_PER_FILE
+    file: ScenarioFile,
+    registry: Registry,
+    max_bytes: int,
+    limit: int | None = MAX_DIAGNOSTICS_PER_FILE,
+    caps: dict[Severity, int] | None = None,
 ) -> tuple[Scenario | None, list[Diagnostic], Counter[str]]:
     """The scenario (None when it has errors), the diagnostics to list, and what was found but not listed.
 
-    At most `limit` diagnostics are listed, errors first, then one `diagnostics-truncated` summary.
+    At most `limit` diagnostics are listed (and at most `caps[severity]` of one severity), errors first,
+    then one `diagnostics-truncated` summary.
     """
     text, diags = read_scenario_file(file.path, max_bytes)
     if text is None:
         return None, diags, Counter()
-    log = DiagnosticLog(limit)
+    log = DiagnosticLog(limit, caps)
     try:
         scenario, diags = parse_scenario(text, str(file.path), file.id, file.default_category, registry, log=log)
     except Exception as exc:
@@ -237,7 +242,10 @@ def check_paths(
         listed.append(d)
     seen: dict[str, Scenario] = {}
     for file in files:
-        scenario, diags, cut = check_file(file, registry, max_bytes)
+        # What the run can no longer list, the file need not build: once a few hundred broken files
+        # have filled the list, the next ones are only counted.
+        caps = {s: min(MAX_DIAGNOSTICS_PER_FILE, listed.room(s) or 0) for s in Severity}  # room: never None here
+        scenario, diags, cut = check_file(file, registry, max_bytes, caps=caps)
         report.cut.update(cut)
         for d in diags:
             listed.append(d)

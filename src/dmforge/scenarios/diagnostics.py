@@ -314,30 +314,47 @@ class DiagnosticLog:
     costs memory, so past the limit a diagnostic is only counted by code (and, through `add`, never
     even built). Errors are kept before warnings so that a file with an error still shows one, and
     `seen` counts everything so that the error and warning totals stay exact.
+
+    `caps` can keep fewer of one severity while the log fills: a file checked when the run's list is
+    already full of warnings need not build any.
     """
 
-    def __init__(self, limit: int | None = None) -> None:
+    def __init__(self, limit: int | None = None, caps: dict[Severity, int] | None = None) -> None:
         self.limit = limit
         self.seen: Counter[Severity] = Counter()  # every problem found, kept or not
         self.cut: Counter[str] = Counter()  # problems found but not kept, by code
         self.first_cut_line: int | None = None
         self._kept: dict[Severity, list[tuple[int, Diagnostic]]] = {Severity.ERROR: [], Severity.WARNING: []}
+        self._caps: dict[Severity, int | None] = {s: (caps or {}).get(s, limit) for s in Severity}
         self._order = 0
 
     def _has_room(self, severity: Severity) -> bool:
-        return self.limit is None or len(self._kept[severity]) < self.limit
+        cap = self._caps[severity]
+        return cap is None or len(self._kept[severity]) < cap
 
     def _count_cut(self, code: str, line: int) -> None:
         self.cut[code] += 1
-        self.first_cut_line = line if self.first_cut_line is None else min(self.first_cut_line, line)
+        if self.first_cut_line is None or line < self.first_cut_line:
+            self.first_cut_line = max(line, 1)
+
+    def room(self, severity: Severity) -> int | None:
+        """How many more diagnostics of `severity` could still be listed (None: any number)."""
+        if self.limit is None:
+            return None
+        errors = len(self._kept[Severity.ERROR])
+        if severity is Severity.ERROR:
+            return max(self.limit - errors, 0)
+        # Errors come first in the end, so a warning is listed only below the errors and warnings so far.
+        return max(self.limit - errors - len(self._kept[Severity.WARNING]), 0)
 
     def append(self, diagnostic: Diagnostic) -> None:
-        if diagnostic.code != TRUNCATED:
+        summary = diagnostic.code == TRUNCATED  # stands for others: neither counted nor itself counted as cut
+        if not summary:
             self.seen[diagnostic.severity] += 1
         if self._has_room(diagnostic.severity):
             self._kept[diagnostic.severity].append((self._order, diagnostic))
             self._order += 1
-        elif diagnostic.code != TRUNCATED:  # a summary that is cut is counted by the summary that replaces it
+        elif not summary:
             self._count_cut(diagnostic.code, diagnostic.line)
 
     def add(
@@ -345,10 +362,11 @@ class DiagnosticLog:
     ) -> None:
         """`append(diagnose(...))`, without building the diagnostic when it would not be kept."""
         severity = RULES[code].severity
-        if self.limit is None or len(self._kept[severity]) < self.limit:
+        cap = self._caps[severity]
+        if cap is None or len(self._kept[severity]) < cap:
             self.append(diagnose(code, file, line, message, hint, subject))
             return
-        # The hot path of a file with a million broken lines: count, and nothing else.
+        # The hot path of a file with a million broken lines: count, and nothing else (inlined).
         self.seen[severity] += 1
         self.cut[code] += 1
         if self.first_cut_line is None or line < self.first_cut_line:
@@ -358,7 +376,7 @@ class DiagnosticLog:
         """The diagnostics to list, in the order found: every kept error, then warnings up to the limit."""
         errors, warnings = self._kept[Severity.ERROR], self._kept[Severity.WARNING]
         if self.limit is not None and len(errors) + len(warnings) > self.limit:
-            room = self.limit - len(errors)
+            room = max(self.limit - len(errors), 0)
             for _, d in warnings[room:]:
                 if d.code != TRUNCATED:
                     self._count_cut(d.code, d.line)
