@@ -217,7 +217,7 @@ def check_file(
         scenario, diags = parse_scenario(text, str(file.path), file.id, file.default_category, registry, log=log)
     except Exception as exc:
         return None, [diagnose("internal-error", file.path, 1, f"{type(exc).__name__}: {exc}")], Counter()
-    if log.cut:
+    if log.cut and (caps is None or caps.get(Severity.WARNING, 1) > 0):  # the summary is a warning
         diags.append(
             diagnose(
                 TRUNCATED,
