@@ -336,3 +336,20 @@ def test_a_converter_failure_shows_its_last_lines_and_keeps_the_log(tmp_path: Pa
     log = tmp_path / "out" / "model-f16.convert.log"
     assert log.is_file() and str(log) in message
     assert not list((tmp_path / "out").glob("*.partial")) and not list((tmp_path / "out").glob(".*.partial"))
+
+
+def test_a_party_padded_with_spaces_is_read_in_linear_time_and_as_before():
+    import random
+    import re
+
+    from dmforge.scenarios.model import _member, parse_party
+
+    started = time.monotonic()
+    assert parse_party("Thorin" + " " * 200_000 + "Oakenshield (dwarf)")[0].description == "dwarf"
+    assert time.monotonic() - started < 2, "the build reads every Party line; it must not backtrack"
+    reference = re.compile(r"^(?P<name>[^()]+?)\s*(?:\((?P<desc>[^)]*)\))?\s*$")  # the old matcher, on short text
+    rng = random.Random(5)
+    for _ in range(20_000):
+        text = "".join(rng.choice("ab (),\t") for _ in range(rng.randint(0, 10)))
+        m = reference.match(text)
+        assert _member(text) == ((m["name"].strip(), (m["desc"] or "").strip()) if m else None), repr(text)

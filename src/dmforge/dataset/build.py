@@ -73,9 +73,10 @@ def _refuse_errors(report: CheckReport, scenarios_dir: Path) -> None:
     if not errors:
         return
     shown = "; ".join(f"{d.file}:{d.line} {d.message}" for d in errors[:3])
-    more = f" (and {len(errors) - 3} more)" if len(errors) > 3 else ""
+    # `report.errors` counts every error, also those past the diagnostics cap that are not listed.
+    more = f" (and {report.errors - 3} more)" if report.errors > 3 else ""
     raise DmforgeError(
-        f"The scenarios in {scenarios_dir} have {len(errors)} error(s), so no dataset was built: {shown}{more}. "
+        f"The scenarios in {scenarios_dir} have {report.errors} error(s), so no dataset was built: {shown}{more}. "
         f"Run `dmforge data check {scenarios_dir}` for every problem with its fix, then build again."
     )
 

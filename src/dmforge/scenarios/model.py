@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import re
 from dataclasses import dataclass, field
 from enum import StrEnum
 
@@ -76,7 +75,22 @@ class Scenario:
         return [c for t in self.dm_turns for c in t.calls]
 
 
-_MEMBER = re.compile(r"^(?P<name>[^()]+?)\s*(?:\((?P<desc>[^)]*)\))?\s*$")
+def _member(part: str) -> tuple[str, str] | None:
+    """`Name (description)` → (name, description), or None when the parentheses are not that shape.
+
+    Written with string methods: the regex it replaces backtracked cubically on a name padded with
+    spaces, and `Party:` is read by the dataset build for every scenario.
+    """
+    text = part.rstrip()
+    if not part or ("(" not in text and ")" not in text):
+        return (text.strip(), "") if part else None
+    open_at = text.find("(")
+    if not text.endswith(")") or open_at < 1:  # the name before `(` may be blank, never missing
+        return None
+    name, desc = text[:open_at], text[open_at + 1 : -1]
+    if ")" in name or ")" in desc:
+        return None
+    return name.strip(), desc.strip()
 
 
 def _split_outside_parens(text: str, sep: str) -> list[str]:
@@ -97,9 +111,6 @@ def parse_party(party: str) -> list[PartyMember]:
     sep = ";" if ";" in party else ","
     members = []
     for part in _split_outside_parens(party, sep):
-        match = _MEMBER.match(part)
-        if match:
-            members.append(PartyMember(match["name"].strip(), (match["desc"] or "").strip()))
-        else:
-            members.append(PartyMember(part))
+        member = _member(part)
+        members.append(PartyMember(*member) if member else PartyMember(part))
     return members
