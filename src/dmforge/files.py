@@ -9,7 +9,6 @@ from __future__ import annotations
 import errno
 import json
 import os
-import re
 import shutil
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -86,30 +85,35 @@ def partial_path(dest: Path) -> Path:
     """A name beside `dest` that no other process uses: `.{name}.{pid}-{random}.partial`.
 
     Fixed temporary names let two runs clobber each other's half-written files; the pid and a random
-    part keep them apart, and the common suffix lets `clean_partials` find what a killed process left.
+    part keep them apart, and the common suffix lets `remove_partials` find what a killed process left.
     """
     dest = Path(dest)
     return dest.with_name(f".{dest.name}.{os.getpid()}-{os.urandom(4).hex()}.partial")
 
 
-def clean_partials(dest: Path) -> list[Path]:
-    """Delete what killed writers left beside `dest` (its `.partial` files and folders); return them.
+def remove_partials(folder: Path) -> list[Path]:
+    """Delete every `.partial` file and folder under `folder` that a killed writer left; return them.
 
-    Call it only while holding the lock on the folder (locks.py), so no live writer's file is removed.
+    Everything dmforge writes goes through a `partial_path` first, so these are exactly the files that
+    never became results. Call it only while holding the folder's lock (locks.py): a live writer's
+    partial files would go too.
     """
-    dest = Path(dest)
-    removed = []
-    for leftover in dest.parent.glob(f".{glob_escape(dest.name)}.*.partial"):
+    removed = [p for p in Path(folder).rglob(".*.partial")]
+    for leftover in removed:
         if leftover.is_dir() and not leftover.is_symlink():
             shutil.rmtree(leftover, ignore_errors=True)
         else:
             leftover.unlink(missing_ok=True)
-        removed.append(leftover)
     return removed
 
 
-def glob_escape(name: str) -> str:
-    return re.sub(r"([*?\[])", r"[\1]", name)
+def fsync_file(path: Path) -> None:
+    """Flush a written file's bytes to the disk, so a rename after it never publishes an empty file."""
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
 
 
 def fsync_tree(folder: Path) -> None:
@@ -120,14 +124,9 @@ def fsync_tree(folder: Path) -> None:
     """
     for root, _dirs, names in os.walk(folder):
         for name in names:
-            path = os.path.join(root, name)
-            if os.path.islink(path):
-                continue
-            fd = os.open(path, os.O_RDONLY)
-            try:
-                os.fsync(fd)
-            finally:
-                os.close(fd)
+            path = Path(root) / name
+            if not path.is_symlink():
+                fsync_file(path)
         fsync_dir(Path(root))
 
 
@@ -175,6 +174,10 @@ def _owned(folder: Path) -> bool:
     return (folder / MARKER).is_file()
 
 
+def _mark(folder: Path) -> None:
+    (folder / MARKER).write_text("This folder was written by dmforge; dmforge may replace what it holds.\n")
+
+
 def check_replaceable(dest: Path) -> None:
     """Refuse to replace `dest` unless it is missing, empty, or a folder dmforge made (it holds `MARKER`)."""
     dest = Path(dest)
@@ -211,7 +214,7 @@ def claim_folder(folder: Path, legacy_sign: str | None = None) -> Path:
     try:
         folder.mkdir(parents=True, exist_ok=True)
         if not _owned(folder):
-            (folder / MARKER).write_text("This folder was written by dmforge; dmforge may replace what it holds.\n")
+            _mark(folder)
     except OSError as exc:
         raise _explain_os_error(exc, folder) from exc
     return folder
@@ -233,13 +236,13 @@ def staged_dir(dest: Path, replace_unmarked: bool = False) -> Iterator[Path]:
         stage = partial_path(dest)
         stage.mkdir()
         os.chmod(stage, 0o777 & ~_umask())
-        (stage / MARKER).write_text("This folder was written by dmforge; dmforge may replace it.\n")
+        _mark(stage)
     except OSError as exc:
         raise _explain_os_error(exc, dest) from exc
     try:
         yield stage
         fsync_tree(stage)
-        old = dest.with_name(f".{dest.name}.{os.getpid()}-{os.urandom(4).hex()}.old.partial")
+        old = partial_path(dest)  # a name of its own: two writers each move their own old copy aside
         moved_aside = dest.exists()
         if moved_aside:
             os.replace(dest, old)

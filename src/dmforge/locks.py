@@ -13,7 +13,6 @@ from __future__ import annotations
 import contextlib
 import json
 import os
-import shutil
 import socket
 import sys
 import time
@@ -23,6 +22,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from dmforge.errors import DmforgeError
+from dmforge.files import claim_folder, refuse_overlap, remove_partials
 
 try:
     import fcntl
@@ -144,21 +144,12 @@ def folder_lock(folder: Path, what: str, on_stale=None) -> Iterator[None]:
 
 
 def clean_after(folder: Path, console=None):
-    """An `on_stale` callback: remove what a killed process left half-written under `folder`, and say so.
-
-    Everything dmforge writes goes through a `.partial` name first (files.py), so these are exactly the
-    files that never became results; the complete ones, checkpoints included, are untouched.
-    """
+    """An `on_stale` callback: remove what a killed process left half-written under `folder`, and say so."""
 
     def clean(holder: Holder) -> None:
         from rich.markup import escape
 
-        removed = [p for p in Path(folder).rglob("*.partial") if p.name.startswith(".")]
-        for leftover in removed:
-            if leftover.is_dir() and not leftover.is_symlink():
-                shutil.rmtree(leftover, ignore_errors=True)
-            else:
-                leftover.unlink(missing_ok=True)
+        removed = remove_partials(folder)
         if console is not None:
             console.print(
                 f"[yellow]note:[/] a dmforge process ({escape(holder.describe())}) stopped without finishing in "
@@ -167,3 +158,13 @@ def clean_after(folder: Path, console=None):
             )
 
     return clean
+
+
+def hold_run_folder(run_dir: Path, scenarios: Path, console=None):
+    """Claim `run_dir` for a training run (never the scenarios, never a folder of the user's) and lock it.
+
+    `./train.sh` and `dmforge finetune` both call it; the lock nests, so the pipeline's hold covers finetune.
+    """
+    refuse_overlap(run_dir, scenarios, "scenarios folder")
+    claim_folder(run_dir, legacy_sign="identity.json")
+    return folder_lock(run_dir, f"The run folder {run_dir}", on_stale=clean_after(run_dir, console))

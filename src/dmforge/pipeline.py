@@ -35,8 +35,8 @@ from dmforge.config import DmforgeConfig
 from dmforge.dataset import corpus_fingerprint
 from dmforge.errors import DmforgeError
 from dmforge.export.ship import shipped
-from dmforge.files import claim_folder, newer_than, refuse_overlap, write_json, write_text
-from dmforge.locks import clean_after, folder_lock
+from dmforge.files import newer_than, read_json_or_none, write_json, write_text
+from dmforge.locks import hold_run_folder
 from dmforge.scenarios import check_paths
 from dmforge.tools.registry import Registry
 
@@ -131,10 +131,7 @@ def pick_run_dir(config: DmforgeConfig, corpus: str) -> Path:
 
 def _identity(run_dir: Path) -> dict | None:
     """What the run folder trained on, or None for a folder that is not a run or whose identity is damaged."""
-    try:
-        return json.loads((run_dir / "identity.json").read_text(encoding="utf-8"))
-    except (OSError, ValueError):
-        return None
+    return read_json_or_none(run_dir / "identity.json")
 
 
 def _trained(run_dir: Path, config: DmforgeConfig, corpus: str) -> bool:
@@ -162,10 +159,9 @@ def _exported(run_dir: Path, config: DmforgeConfig) -> dict | None:
     path = run_dir / "gguf" / "export.json"
     if not newer_than(path, run_dir / "metrics.json"):
         return None
-    try:
-        export = json.loads(path.read_text(encoding="utf-8"))
-    except (OSError, ValueError):
-        return None  # a damaged record: export again
+    export = read_json_or_none(path)  # a damaged record reads as none: export again
+    if export is None:
+        return None
     same = export.get("requested") == config.export.quants and export.get("max_size_gb") == config.export.max_size_gb
     files_there = all(Path(f).is_file() for f in export.get("files", {}).values())
     return export if export.get("passed") and same and files_there else None
@@ -194,13 +190,10 @@ def run_pipeline(config: DmforgeConfig, registry: Registry, console: Console) ->
     )
     corpus = corpus_fingerprint(checked.scenarios, data)
     run_dir = pick_run_dir(config, corpus)
-    refuse_overlap(run_dir, data.scenarios, "scenarios folder")
-    claim_folder(run_dir, legacy_sign="identity.json")
     config.train.run_dir = run_dir
     logs = run_dir / "logs"
 
-    lock = folder_lock(run_dir, f"The run folder {run_dir}", on_stale=clean_after(run_dir, console))
-    with lock, _stage_failures(progress, logs):
+    with hold_run_folder(run_dir, data.scenarios, console), _stage_failures(progress, logs):
         if _trained(run_dir, config, corpus):
             metrics = json.loads((run_dir / "metrics.json").read_text())
             for stage in ("build", "preflight", "train"):

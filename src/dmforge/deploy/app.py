@@ -24,7 +24,7 @@ from dmforge.config import DecodeConfig, DmforgeConfig
 from dmforge.deploy.typescript import typescript_module
 from dmforge.errors import DmforgeError
 from dmforge.export.ship import ShipChoice, shipped
-from dmforge.files import fsync_dir, partial_path, read_json, read_json_or_none, write_json, write_text
+from dmforge.files import fsync_dir, fsync_file, partial_path, read_json, read_json_or_none, write_json, write_text
 from dmforge.locks import clean_after, folder_lock
 from dmforge.models.resolve import sha256_file
 from dmforge.tools.grammar import LAZY_TRIGGER, registry_grammar
@@ -55,13 +55,13 @@ def install_file(source: Path, dest: Path) -> Path | None:
     try:
         dest.parent.mkdir(parents=True, exist_ok=True)
         shutil.copyfile(source, partial)
-        _fsync(partial)
+        fsync_file(partial)
         if dest.exists():
             backup = dest.with_name(dest.name + ".previous")
             backup_partial = partial_path(backup)
             try:
                 shutil.copyfile(dest, backup_partial)
-                _fsync(backup_partial)
+                fsync_file(backup_partial)
                 os.replace(backup_partial, backup)
             finally:
                 backup_partial.unlink(missing_ok=True)
@@ -75,11 +75,6 @@ def install_file(source: Path, dest: Path) -> Path | None:
     finally:
         partial.unlink(missing_ok=True)
     return backup
-
-
-def _fsync(path: Path) -> None:
-    with path.open("rb") as handle:
-        os.fsync(handle.fileno())
 
 
 def completion_params(decode: DecodeConfig, stop: list[str], registry: Registry) -> dict:

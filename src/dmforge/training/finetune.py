@@ -32,8 +32,8 @@ from dmforge import __version__
 from dmforge.config import DmforgeConfig
 from dmforge.dataset import build_dataset, corpus_fingerprint
 from dmforge.errors import DmforgeError
-from dmforge.files import claim_folder, read_json, refuse_overlap, write_json, write_text
-from dmforge.locks import clean_after, folder_lock
+from dmforge.files import read_json, write_json, write_text
+from dmforge.locks import hold_run_folder
 from dmforge.models.catalog import CACTUS_ARCHITECTURES
 from dmforge.models.hardware import detect_hardware
 from dmforge.models.load import load_tokenizer
@@ -143,9 +143,7 @@ def finetune(
         base = resolve_base(config.model.base)
         tokenizer = load_tokenizer(base.path, config.model.chat_template)
     run_dir = default_run_dir(config)
-    refuse_overlap(run_dir, config.data.scenarios, "scenarios folder")
-    claim_folder(run_dir, legacy_sign="identity.json")
-    with folder_lock(run_dir, f"The run folder {run_dir}", on_stale=clean_after(run_dir, console)):
+    with hold_run_folder(run_dir, config.data.scenarios, console):
         return _finetune_locked(config, registry, console, announce, base, tokenizer, run_dir)
 
 

@@ -22,7 +22,7 @@ from safetensors.torch import save_file
 
 from dmforge.config import TrainConfig
 from dmforge.errors import DmforgeError
-from dmforge.files import partial_path
+from dmforge.files import fsync_file, partial_path
 from dmforge.interrupts import deferred
 from dmforge.training.batches import collate, epoch_batches
 from dmforge.training.batches import to_device as _to
@@ -184,6 +184,7 @@ def train_loop(
     )
     noise = _neftune(model, config.neftune_alpha) if config.neftune_alpha else None
     rank, world = (accelerator.process_index, accelerator.num_processes) if accelerator else (0, 1)
+    trainable = [p for p in model.parameters() if p.requires_grad]
     step_rng = None  # the random state at the start of the step in progress; None between steps
     committing = False  # inside the block that applies a step, where a hard stop leaves no whole state
 
@@ -221,34 +222,55 @@ def train_loop(
                 # counters did not would resume into a different run than the one that was stopped.
                 committing = True
                 with deferred(hold_notice):
-                    stop = _apply_step(
-                        model,
-                        optimizer,
-                        scheduler,
-                        state,
-                        config,
-                        plan,
-                        step_loss,
-                        step_tokens,
-                        micro_batches,
-                        started,
-                        validation,
-                        device,
-                        best_path,
-                        log,
-                        bracket_ids,
-                        checkpoints,
-                        progress,
+                    torch.nn.utils.clip_grad_norm_(trainable, config.max_grad_norm)
+                    optimizer.step()
+                    scheduler.step()
+                    optimizer.zero_grad(set_to_none=True)
+                    if not math.isfinite(step_loss):
+                        raise DmforgeError(
+                            f"The training loss became {step_loss} at step {state.step + 1}. Lower the learning rate "
+                            "(train.learning_rate) or use dtype: float32, then run again with a new --run-dir."
+                        )
+
+                    elapsed = time.monotonic() - started
+                    state.step += 1
+                    state.tokens += step_tokens
+                    state.seconds += elapsed
+                    state.train_loss.append((state.step, step_loss))
+                    tps = sum(len(s.input_ids) for b in micro_batches for s in b) / max(elapsed, 1e-9)
+                    if log:
+                        log({"step": state.step, "loss": step_loss, "lr": scheduler.get_last_lr()[0], "tok_s": tps})
+
+                    last = state.step >= plan.total_steps
+                    if validation and (state.step % config.eval_every == 0 or last):
+                        if _validate_and_select(model, validation, device, state, config, best_path, log, bracket_ids):
+                            state.bad_evals = 0
+                        else:
+                            state.bad_evals += 1
+                            if config.early_stopping_patience and state.bad_evals >= config.early_stopping_patience:
+                                state.stopped_early = True
+                    progress.update(
                         task,
+                        completed=state.step,
+                        loss=_fmt(step_loss),
+                        val=_fmt(state.val_loss[-1][1] if state.val_loss else None),
+                        calls=_fmt(state.val_calls[-1][1]["call_score"] if state.val_calls else None),
+                        tps=f"{tps:.0f}",
                     )
+                    if config.max_minutes and state.seconds >= config.max_minutes * 60 and not last:
+                        state.stopped_early = True  # the time budget is spent: the best adapter so far ships
+                        if validation and (not state.val_loss or state.val_loss[-1][0] != state.step):
+                            _validate_and_select(model, validation, device, state, config, best_path, log, bracket_ids)
+                    if state.step % config.save_every == 0 or last or state.stopped_early:
+                        save_checkpoint(checkpoints, model, optimizer, scheduler, state)
                     committing, step_rng = False, None
-                if stop:
-                    what = "validation loss" if config.select_by == "loss" else "the held-out call score"
-                    console.print(
-                        f"[yellow]Early stop[/] at step {state.step}: {what} has not improved for "
-                        f"{state.bad_evals} evaluations (best at step {state.best_step})."
-                    )
-                    break
+                    if state.stopped_early:
+                        what = "validation loss" if config.select_by == "loss" else "the held-out call score"
+                        console.print(
+                            f"[yellow]Early stop[/] at step {state.step}: {what} has not improved for "
+                            f"{state.bad_evals} evaluations (best at step {state.best_step})."
+                        )
+                        break
     except KeyboardInterrupt:
         if committing:
             last = latest_checkpoint(checkpoints)
@@ -272,77 +294,12 @@ def train_loop(
     return state
 
 
-def _apply_step(
-    model,
-    optimizer,
-    scheduler,
-    state: LoopState,
-    config,
-    plan: Plan,
-    step_loss: float,
-    step_tokens: int,
-    micro_batches,
-    started: float,
-    validation,
-    device,
-    best_path: Path,
-    log,
-    bracket_ids,
-    checkpoints: Path,
-    progress,
-    task,
-) -> bool:
-    """Apply one step's gradients, count it, validate and checkpoint as scheduled; True to stop early."""
-    torch.nn.utils.clip_grad_norm_([p for p in model.parameters() if p.requires_grad], config.max_grad_norm)
-    optimizer.step()
-    scheduler.step()
-    optimizer.zero_grad(set_to_none=True)
-    if not math.isfinite(step_loss):
-        raise DmforgeError(
-            f"The training loss became {step_loss} at step {state.step + 1}. Lower the learning rate "
-            "(train.learning_rate) or use dtype: float32, then run again with a new --run-dir."
-        )
-    elapsed = time.monotonic() - started
-    state.step += 1
-    state.tokens += step_tokens
-    state.seconds += elapsed
-    state.train_loss.append((state.step, step_loss))
-    tps = sum(len(s.input_ids) for b in micro_batches for s in b) / max(elapsed, 1e-9)
-    if log:
-        log({"step": state.step, "loss": step_loss, "lr": scheduler.get_last_lr()[0], "tok_s": tps})
-
-    last = state.step >= plan.total_steps
-    if validation and (state.step % config.eval_every == 0 or last):
-        if _validate_and_select(model, validation, device, state, config, best_path, log, bracket_ids):
-            state.bad_evals = 0
-        else:
-            state.bad_evals += 1
-            if config.early_stopping_patience and state.bad_evals >= config.early_stopping_patience:
-                state.stopped_early = True
-    progress.update(
-        task,
-        completed=state.step,
-        loss=_fmt(step_loss),
-        val=_fmt(state.val_loss[-1][1] if state.val_loss else None),
-        calls=_fmt(state.val_calls[-1][1]["call_score"] if state.val_calls else None),
-        tps=f"{tps:.0f}",
-    )
-    if config.max_minutes and state.seconds >= config.max_minutes * 60 and not last:
-        state.stopped_early = True  # the time budget is spent: the best adapter so far ships
-        if validation and (not state.val_loss or state.val_loss[-1][0] != state.step):
-            _validate_and_select(model, validation, device, state, config, best_path, log, bracket_ids)
-    if state.step % config.save_every == 0 or last or state.stopped_early:
-        save_checkpoint(checkpoints, model, optimizer, scheduler, state)
-    return state.stopped_early
-
-
 def _save_best(path: Path, model) -> None:
     # Written beside under a name of its own, flushed, and renamed: a crash never leaves a torn "best" adapter.
     tmp = partial_path(path)
     try:
         save_file(trainable_state(model), tmp)
-        with tmp.open("rb") as handle:
-            os.fsync(handle.fileno())
+        fsync_file(tmp)
         os.replace(tmp, path)
     finally:
         tmp.unlink(missing_ok=True)
