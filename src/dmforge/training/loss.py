@@ -6,6 +6,12 @@ would be computed only to be thrown away: on SmolLM2 that is 49k floats per toke
 states are gathered first and the output layer runs on those rows alone, in chunks, so memory
 stays flat even for Gemma's 262k-word vocabulary.
 
+The output layer is frozen under LoRA, so the loss's gradient needs only d(loss)/d(hidden). That
+is computed in the same pass as the loss, chunk by chunk, `(softmax - onehot) @ W`, and each
+chunk's logits are dropped at once (`_FusedOutputLoss`): no logits are kept for the backward pass
+and none are computed twice. Where the output layer itself is trained, the chunks are instead
+checkpointed through autograd.
+
 Tool calls are a few percent of the DM's tokens and the narration is most of the loss, so a call
 can be learned late or never. `call_weight` scales the tokens that decide and write a call: every
 tool call's tokens, and the first and last tokens of a turn that makes none ("no roll here").
@@ -37,6 +43,54 @@ def _chunk_loss(lm_head, softcap, hidden: torch.Tensor, targets: torch.Tensor, w
     return (F.cross_entropy(output_logits(lm_head, hidden, softcap), targets, reduction="none") * weights).sum()
 
 
+class _FusedOutputLoss(torch.autograd.Function):
+    """sum_i w_i * CE(softcap(W h_i), t_i), with d/dh computed in the forward pass; W is frozen."""
+
+    @staticmethod
+    def forward(ctx, hidden, weight, targets, weights, softcap):
+        total = torch.zeros((), dtype=torch.float32, device=hidden.device)
+        grad = torch.empty_like(hidden)
+        rows = torch.arange(min(CHUNK, len(targets)), device=hidden.device)
+        for start in range(0, len(targets), CHUNK):
+            h, t, w = hidden[start : start + CHUNK], targets[start : start + CHUNK], weights[start : start + CHUNK]
+            logits = (h @ weight.T).float()
+            if softcap:
+                squashed = torch.tanh(logits / softcap)
+                logits = squashed * softcap
+            picked = rows[: len(t)]
+            gold = logits[picked, t]
+            # One pass of exp serves the loss (log of the sum) and the gradient (the softmax), in place.
+            top = logits.amax(dim=-1, keepdim=True)
+            d_logits = logits.sub_(top).exp_()
+            sums = d_logits.sum(dim=-1, keepdim=True)
+            total += ((top + sums.log()).squeeze(-1) - gold).mul(w).sum()
+            # d CE / d logits = softmax - onehot, scaled by the token's weight.
+            d_logits.div_(sums)
+            d_logits[picked, t] -= 1.0
+            d_logits.mul_(w[:, None])
+            if softcap:  # d(c * tanh(x / c)) / dx = 1 - tanh^2
+                d_logits.mul_(1.0 - squashed.square())
+            grad[start : start + CHUNK] = d_logits.to(weight.dtype) @ weight
+        ctx.save_for_backward(grad)
+        return total
+
+    @staticmethod
+    def backward(ctx, grad_total):
+        (grad,) = ctx.saved_tensors
+        return grad * grad_total.to(grad.dtype), None, None, None, None
+
+
+def _fusable(lm_head) -> bool:
+    """A plain, frozen, bias-free linear output layer: the fused loss applies."""
+    weight = getattr(lm_head, "weight", None)
+    return (
+        isinstance(lm_head, torch.nn.Linear)
+        and lm_head.bias is None
+        and weight is not None
+        and not weight.requires_grad
+    )
+
+
 def trained_hidden(model, input_ids: torch.Tensor, attention_mask: torch.Tensor | None, labels: torch.Tensor):
     """Hidden states at the positions that predict a trained token, those tokens, and where they sit."""
     decoder, lm_head, softcap = _model_parts(model)
@@ -60,6 +114,8 @@ def dm_turn_loss(
     """
     hidden, targets, mask, lm_head, softcap = trained_hidden(model, input_ids, attention_mask, labels)
     w = torch.ones_like(targets, dtype=torch.float32) if weights is None else weights[:, 1:][mask].float()
+    if hidden.requires_grad and _fusable(lm_head):
+        return _FusedOutputLoss.apply(hidden, lm_head.weight, targets, w, softcap), float(w.sum())
     total = hidden.new_zeros((), dtype=torch.float32)
     for start in range(0, len(targets), CHUNK):
         piece = slice(start, start + CHUNK)
