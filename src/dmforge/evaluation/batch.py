@@ -20,7 +20,8 @@ from dataclasses import dataclass, field
 from dmforge.config import DecodeConfig
 from dmforge.errors import DmforgeError
 from dmforge.evaluation.metrics import loops
-from dmforge.evaluation.runtime import Reply, Runtime, physical_cores
+from dmforge.evaluation.runtime import AppSampler, Reply, Runtime
+from dmforge.models.hardware import physical_cores
 
 CHUNK = 512  # prompt tokens per llama_decode call
 
@@ -31,7 +32,7 @@ class _Slot:
     conversation: int = -1
     turn: int = 0
     kv: list[int] = field(default_factory=list)  # the tokens whose keys and values this sequence holds
-    chain: object = None
+    chain: AppSampler | None = None
     out: list[int] = field(default_factory=list)
     limit: int = 0
     pending: int | None = None  # sampled, not yet decoded
@@ -98,7 +99,7 @@ def batch_replies(
             )
 
     def sample(slot: _Slot, index: int) -> None:
-        token = lc.llama_sampler_sample(slot.chain, ctx, index)
+        token = slot.chain.sample(ctx, index)
         stop = None
         if lc.llama_vocab_is_eog(runtime.vocab, token):
             stop = "end"
@@ -114,7 +115,7 @@ def batch_replies(
         results[slot.conversation][slot.turn] = Reply(runtime._text(slot.out).strip(), len(slot.out), stop)
         if on_reply:
             on_reply()
-        lc.llama_sampler_free(slot.chain)
+        slot.chain.free()
         slot.chain, slot.pending, slot.idle = None, None, True
         slot.turn += 1
 
@@ -144,11 +145,7 @@ def batch_replies(
             last = begin + len(piece) == len(todo)
             submit([(t, keep + begin + i, slot.seq, last and i == len(piece) - 1) for i, t in enumerate(piece)])
         slot.kv = list(ids)
-        slot.chain, history = runtime._chain(decode, grammar)
-        for index in history:
-            sampler = lc.llama_sampler_chain_get(slot.chain, index)
-            for token in ids:
-                lc.llama_sampler_accept(sampler, token)
+        slot.chain = runtime.sampler(decode, grammar, ids)
         slot.out, slot.limit = [], min(decode.n_predict, runtime.n_ctx - len(ids) - 1)
         sample(slot, len(todo) - 1 - (len(todo) - 1) // CHUNK * CHUNK)
 
@@ -169,7 +166,7 @@ def batch_replies(
     finally:
         for slot in slots:
             if slot.chain is not None:
-                lc.llama_sampler_free(slot.chain)
+                slot.chain.free()
         lc.llama_batch_free(batch)
         lc.llama_free(ctx)
     return [[r for r in conversation if r is not None] for conversation in results]

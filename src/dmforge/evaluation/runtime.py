@@ -1,9 +1,10 @@
 """The app's runtime in miniature: a GGUF in llama.cpp, prompted and sampled the way Cactus 0.2.x does.
 
 - The prompt is the GGUF's own chat template rendered over the messages (Cactus: `jinja: true`).
-- The sampler chain is llama.cpp's common one, in its order: repetition penalties, DRY, top-k,
-  typical, top-p, min-p, temperature, then a seeded draw; a grammar, full or lazy, is applied
-  first. Temperature 0 keeps only the most likely token, after the penalties.
+- The sampler is llama.cpp's common one (`AppSampler`): the chain in its order (repetition
+  penalties, DRY, top-k, top-p, min-p, temperature, a seeded draw), and a grammar, full or lazy,
+  that checks the chosen token and forces a resample only when it rejects it. Temperature 0 keeps
+  only the most likely token, after the penalties.
 - As in Cactus (which keeps llama.rn's loop), the prompt's tokens enter the repetition windows,
   so a penalty also weighs on text that is already in the context, call syntax included.
 - A reply ends at an end-of-generation token or at `n_predict`. For evaluation only, it is also
@@ -27,18 +28,9 @@ import numpy as np
 from dmforge.config import DecodeConfig
 from dmforge.errors import DmforgeError
 from dmforge.evaluation.metrics import loops
+from dmforge.models.hardware import physical_cores
 from dmforge.tools.grammar import LAZY_TRIGGER_PATTERN
 from dmforge.training.chat import IGNORE, Sample
-
-
-def physical_cores() -> int:
-    """Threads for llama.cpp: the physical cores (hyper-threads slow its matrix products down)."""
-    import os
-
-    import psutil
-
-    return psutil.cpu_count(logical=False) or os.cpu_count() or 1
-
 
 # Greedy decoding with nothing else: what the model itself prefers, for comparison with the app's settings.
 GREEDY = DecodeConfig(temperature=0.0, penalty_repeat=1.0, dry_multiplier=0.0, grammar="off")
@@ -110,52 +102,11 @@ class Runtime:
         llm.eval(ids[keep:])
 
     # --- sampling --------------------------------------------------------------------------------------
-    def _chain(self, decode: DecodeConfig, grammar: str | None):
-        import llama_cpp as lc
-
-        chain = lc.llama_sampler_chain_init(lc.llama_sampler_chain_default_params())
-        history = []  # samplers that take the prompt's tokens, as Cactus feeds them
-        if grammar and decode.grammar != "off":
-            if decode.grammar == "lazy":
-                patterns = (ctypes.c_char_p * 1)(LAZY_TRIGGER_PATTERN.encode())
-                sampler = lc.llama_sampler_init_grammar_lazy_patterns(
-                    self.vocab, grammar.encode(), b"root", patterns, 1, None, 0
-                )
-            else:
-                sampler = lc.llama_sampler_init_grammar(self.vocab, grammar.encode(), b"root")
-            if not sampler:
-                raise DmforgeError("llama.cpp rejected the tool-call grammar; regenerate it from the registry.")
-            lc.llama_sampler_chain_add(chain, sampler)
-        lc.llama_sampler_chain_add(
-            chain,
-            lc.llama_sampler_init_penalties(
-                decode.penalty_last_n, decode.penalty_repeat, decode.penalty_freq, decode.penalty_present
-            ),
-        )
-        history.append(lc.llama_sampler_chain_n(chain) - 1)
-        if decode.dry_multiplier > 0:
-            breakers = [b.encode() for b in decode.dry_sequence_breakers]
-            array = (ctypes.c_char_p * len(breakers))(*breakers)
-            lc.llama_sampler_chain_add(
-                chain,
-                lc.llama_sampler_init_dry(
-                    self.vocab,
-                    self.llm._model.n_ctx_train(),
-                    decode.dry_multiplier,
-                    decode.dry_base,
-                    decode.dry_allowed_length,
-                    decode.dry_penalty_last_n,
-                    array,
-                    len(breakers),
-                ),
-            )
-            history.append(lc.llama_sampler_chain_n(chain) - 1)
-        lc.llama_sampler_chain_add(chain, lc.llama_sampler_init_top_k(decode.top_k))
-        lc.llama_sampler_chain_add(chain, lc.llama_sampler_init_top_p(decode.top_p, 1))
-        lc.llama_sampler_chain_add(chain, lc.llama_sampler_init_min_p(decode.min_p, 1))
-        lc.llama_sampler_chain_add(chain, lc.llama_sampler_init_temp_ext(decode.temperature, 0.0, 1.0))
-        lc.llama_sampler_chain_add(chain, lc.llama_sampler_init_dist(decode.seed))
-        return chain, history
+    def sampler(self, decode: DecodeConfig, grammar: str | None, prompt: list[int]) -> AppSampler:
+        """The app's sampler for one reply, its repetition windows already holding the prompt's tokens."""
+        sampler = AppSampler(self, decode, grammar)
+        sampler.accept_prompt(prompt)
+        return sampler
 
     def reply(
         self, messages: list[dict], decode: DecodeConfig, grammar: str | None = None, stop_loops: bool = True
@@ -165,17 +116,13 @@ class Runtime:
 
         ids = self.prompt_ids(messages)
         self._load(ids)
-        chain, history = self._chain(decode, grammar)
+        sampler = self.sampler(decode, grammar, ids)
         try:
-            for index in history:
-                sampler = lc.llama_sampler_chain_get(chain, index)
-                for token in ids:
-                    lc.llama_sampler_accept(sampler, token)
             out: list[int] = []
             stop: Literal["end", "length", "loop"] = "length"
             limit = min(decode.n_predict, self.n_ctx - len(ids) - 1)
             while len(out) < limit:
-                token = lc.llama_sampler_sample(chain, self.llm._ctx.ctx, -1)
+                token = sampler.sample(self.llm._ctx.ctx, -1)
                 if lc.llama_vocab_is_eog(self.vocab, token):
                     stop = "end"
                     break
@@ -185,7 +132,7 @@ class Runtime:
                     break
                 self.llm.eval([token])
         finally:
-            lc.llama_sampler_free(chain)
+            sampler.free()
         return Reply(self._text(out).strip(), len(out), stop)
 
     def _text(self, tokens: list[int]) -> str:
@@ -209,13 +156,120 @@ class Runtime:
         scorer = self._scorer
         scorer.reset()
         scorer.eval(sample.input_ids)
-        logits = np.array(scorer.scores[: len(sample.input_ids) - 1], dtype=np.float64)
         targets = np.array(sample.labels[1:])
         mask = targets != IGNORE
-        chosen = logits[mask]
+        # Only the trained rows are widened to float64: the whole matrix would be 400 KB per token.
+        chosen = np.asarray(scorer.scores[: len(sample.input_ids) - 1])[mask].astype(np.float64)
         top = chosen.max(axis=1)
         log_z = top + np.log(np.exp(chosen - top[:, None]).sum(axis=1))
         return float(np.sum(log_z - chosen[np.arange(len(chosen)), targets[mask]])), int(mask.sum())
+
+
+class AppSampler:
+    """llama.cpp's common sampler, as Cactus 0.2.x (through llama.rn) samples a reply.
+
+    The chain runs in llama.cpp's order: repetition penalties, DRY, top-k, top-p, min-p,
+    temperature, then a seeded draw. The grammar is not a link of the chain: the chain picks a
+    token from the whole vocabulary, the grammar checks that one token, and only when it rejects
+    it is the vocabulary filtered by the grammar and the chain run again (`common_sampler_sample`
+    with `grammar_first = false`). For greedy decoding that picks exactly the token a grammar-first
+    chain picks, and it is much faster: checking one token against the grammar costs what checking
+    each of a 49k-word vocabulary costs divided by 49k.
+    """
+
+    def __init__(self, runtime: Runtime, decode: DecodeConfig, grammar: str | None):
+        import llama_cpp as lc
+
+        self._lc, self._vocab_size = lc, lc.llama_vocab_n_tokens(runtime.vocab)
+        self.grammar = None
+        if grammar and decode.grammar != "off":
+            if decode.grammar == "lazy":
+                patterns = (ctypes.c_char_p * 1)(LAZY_TRIGGER_PATTERN.encode())
+                self.grammar = lc.llama_sampler_init_grammar_lazy_patterns(
+                    runtime.vocab, grammar.encode(), b"root", patterns, 1, None, 0
+                )
+            else:
+                self.grammar = lc.llama_sampler_init_grammar(runtime.vocab, grammar.encode(), b"root")
+            if not self.grammar:
+                raise DmforgeError("llama.cpp rejected the tool-call grammar; regenerate it from the registry.")
+        self.chain = chain = lc.llama_sampler_chain_init(lc.llama_sampler_chain_default_params())
+        self._history = []  # samplers that take the prompt's tokens, as Cactus feeds them
+        lc.llama_sampler_chain_add(
+            chain,
+            lc.llama_sampler_init_penalties(
+                decode.penalty_last_n, decode.penalty_repeat, decode.penalty_freq, decode.penalty_present
+            ),
+        )
+        self._history.append(lc.llama_sampler_chain_n(chain) - 1)
+        if decode.dry_multiplier > 0:
+            breakers = [b.encode() for b in decode.dry_sequence_breakers]
+            array = (ctypes.c_char_p * len(breakers))(*breakers)
+            lc.llama_sampler_chain_add(
+                chain,
+                lc.llama_sampler_init_dry(
+                    runtime.vocab,
+                    runtime.llm._model.n_ctx_train(),
+                    decode.dry_multiplier,
+                    decode.dry_base,
+                    decode.dry_allowed_length,
+                    decode.dry_penalty_last_n,
+                    array,
+                    len(breakers),
+                ),
+            )
+            self._history.append(lc.llama_sampler_chain_n(chain) - 1)
+        lc.llama_sampler_chain_add(chain, lc.llama_sampler_init_top_k(decode.top_k))
+        lc.llama_sampler_chain_add(chain, lc.llama_sampler_init_top_p(decode.top_p, 1))
+        lc.llama_sampler_chain_add(chain, lc.llama_sampler_init_min_p(decode.min_p, 1))
+        lc.llama_sampler_chain_add(chain, lc.llama_sampler_init_temp_ext(decode.temperature, 0.0, 1.0))
+        lc.llama_sampler_chain_add(chain, lc.llama_sampler_init_dist(decode.seed))
+        # One buffer of candidates for the whole vocabulary, refilled from the logits at every step.
+        self._data = (lc.llama_token_data * self._vocab_size)()
+        self._view = np.ctypeslib.as_array(self._data)
+        self._ids = np.arange(self._vocab_size, dtype=np.int32)
+        self._one = (lc.llama_token_data * 1)()
+
+    def accept_prompt(self, ids: list[int]) -> None:
+        for index in self._history:
+            sampler = self._lc.llama_sampler_chain_get(self.chain, index)
+            for token in ids:
+                self._lc.llama_sampler_accept(sampler, token)
+
+    def _candidates(self, ctx, index: int):
+        lc = self._lc
+        logits = np.ctypeslib.as_array(lc.llama_get_logits_ith(ctx, index), shape=(self._vocab_size,))
+        self._view["id"], self._view["logit"], self._view["p"] = self._ids, logits, 0.0
+        return lc.llama_token_data_array(self._data, self._vocab_size, -1, False)
+
+    def _grammar_allows(self, token: int) -> bool:
+        lc = self._lc
+        self._one[0] = lc.llama_token_data(token, 1.0, 0.0)
+        lc.llama_sampler_apply(self.grammar, ctypes.byref(lc.llama_token_data_array(self._one, 1, -1, False)))
+        return not math.isinf(self._one[0].logit)
+
+    def sample(self, ctx, index: int) -> int:
+        """The next token from the logits at batch position `index` (-1: the last), accepted into the state."""
+        lc = self._lc
+        candidates = self._candidates(ctx, index)
+        lc.llama_sampler_apply(self.chain, ctypes.byref(candidates))
+        token = int(candidates.data[candidates.selected].id)
+        if self.grammar is not None and not self._grammar_allows(token):
+            candidates = self._candidates(ctx, index)
+            lc.llama_sampler_apply(self.grammar, ctypes.byref(candidates))
+            lc.llama_sampler_apply(self.chain, ctypes.byref(candidates))
+            token = int(candidates.data[candidates.selected].id)
+        if self.grammar is not None:
+            lc.llama_sampler_accept(self.grammar, token)
+        lc.llama_sampler_accept(self.chain, token)
+        return token
+
+    def free(self) -> None:
+        if self.grammar is not None:
+            self._lc.llama_sampler_free(self.grammar)
+            self.grammar = None
+        if self.chain is not None:
+            self._lc.llama_sampler_free(self.chain)
+            self.chain = None
 
 
 def perplexity(runtime: Runtime, samples: list[Sample]) -> float | None:
