@@ -178,7 +178,7 @@ class TrainConfig(_Section):
     seed: int = Field(1234)
     device: Literal["auto", "cpu", "cuda", "mps"] = "auto"
     dtype: Literal["auto", "float32", "bfloat16", "float16"] = "auto"
-    threads: int | None = Field(None, ge=1, description="CPU threads; default: what PyTorch chose.")
+    threads: int | None = Field(None, ge=1, description="CPU threads; default: one per physical core.")
     qlora: bool = Field(False, description="Load the base in 4-bit (CUDA with bitsandbytes only).")
     unsloth: Literal["auto", "on", "off"] = Field("auto", description="Use Unsloth on CUDA when it is installed.")
     preflight_steps: int = Field(2, ge=0, description="Timed steps before training to estimate time and memory.")

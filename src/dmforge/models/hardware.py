@@ -40,6 +40,12 @@ def _cpu_has_native_bf16() -> bool:
         return False
 
 
+def physical_cores() -> int:
+    import psutil
+
+    return psutil.cpu_count(logical=False) or os.cpu_count() or 1
+
+
 def system_memory_bytes() -> int:
     try:
         return os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")
@@ -75,6 +81,10 @@ def detect_hardware(device: str = "auto", dtype: str = "auto", threads: int | No
         if device == "mps" and chosen == torch.bfloat16:
             raise DmforgeError("bf16 is unreliable on Apple MPS; use `dtype: float32` (or `auto`).")
 
+    if threads is None and device == "cpu":
+        # One thread per physical core: a second thread on a hyper-threaded core competes for the same
+        # vector units, and PyTorch's own default counts logical cores on some platforms.
+        threads = physical_cores()
     if threads:
         torch.set_num_threads(threads)
     threads = torch.get_num_threads()

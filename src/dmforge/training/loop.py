@@ -239,7 +239,8 @@ def train_loop(
                     state.train_loss.append((state.step, step_loss))
                     tps = sum(len(s.input_ids) for b in micro_batches for s in b) / max(elapsed, 1e-9)
                     if log:
-                        log({"step": state.step, "loss": step_loss, "lr": scheduler.get_last_lr()[0], "tok_s": tps})
+                        lr = scheduler.get_last_lr()[0]
+                        log({"step": state.step, "loss": step_loss, "lr": lr, "tok_s": tps, "seconds": elapsed})
 
                     last = state.step >= plan.total_steps
                     if validation and (state.step % config.eval_every == 0 or last):
