@@ -5,5 +5,5 @@ set -euo pipefail
 cd "$(dirname "${BASH_SOURCE[0]}")"
 source scripts/bootstrap.sh
 dmforge_bootstrap "dev"
-.venv/bin/ruff check src tests
+.venv/bin/ruff check src tests bench
 .venv/bin/python -m pytest "$@"
