@@ -257,7 +257,10 @@ def main() -> int:
             result = Path(tmp) / f"{arm}.json"
             command = [sys.executable, __file__, "--arm", arm, "--samples", str(samples), "--result", str(result)]
             command += ["--steps", str(args.steps), "--batch", str(args.batch), "--max-seq-len", str(args.max_seq_len)]
-            subprocess.run(command, check=True, env={**os.environ, "TOKENIZERS_PARALLELISM": "false"})
+            # The arms' own chatter (the Trainer prints its logs) goes to stderr: stdout is the report.
+            subprocess.run(
+                command, check=True, stdout=sys.stderr, env={**os.environ, "TOKENIZERS_PARALLELISM": "false"}
+            )
             arms[arm] = summarize(arm, json.loads(result.read_text()), data, args.batch)
 
     naive, ours = arms["naive"], arms["dmforge"]
