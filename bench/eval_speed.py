@@ -23,7 +23,6 @@ from __future__ import annotations
 import argparse
 import json
 import sys
-import tempfile
 import time
 from pathlib import Path
 
@@ -47,12 +46,11 @@ def model_files(run: Path | None, base: str) -> tuple[Path, Path]:
 
 def held_out_turns(run: Path | None, hf_dir: Path, n_ctx: int, reply: int, count: int):
     """The first `count` held-out turns (round-robin over the validation stories), as the evaluation takes them."""
+    from corpus import corpus_conversations
     from transformers import AutoTokenizer
 
     from dmforge.config import load_config
-    from dmforge.dataset import build_dataset
     from dmforge.evaluation.turns import eval_turns
-    from dmforge.tools.registry import load_registry
     from dmforge.training.chat import detect_chat_format
 
     config = load_config(None)
@@ -60,11 +58,9 @@ def held_out_turns(run: Path | None, hf_dir: Path, n_ctx: int, reply: int, count
     fmt = detect_chat_format(tokenizer, config.model.tool_results, config.model.tool_result_prefix)
     if run is not None:
         lines = (run / "dataset" / "validation.jsonl").read_text().splitlines()
+        conversations = [json.loads(line) for line in lines]
     else:
-        with tempfile.TemporaryDirectory() as tmp:
-            _, dataset = build_dataset(config.data, load_registry(None), out=Path(tmp) / "dataset")
-            lines = (dataset / "validation.jsonl").read_text().splitlines()
-    conversations = [json.loads(line) for line in lines]
+        conversations = corpus_conversations(config, "validation")
     return eval_turns(conversations, fmt, tokenizer, n_ctx, reply, count), fmt
 
 

@@ -56,18 +56,17 @@ def files_to_measure(run: Path | None, base: str, tiny: bool, scratch: Path) -> 
 
 def typical_turn(n_ctx: int) -> tuple[list[dict], int, int]:
     """A held-out prompt near the app's window, and the corpus's median new-turn and reply lengths in tokens."""
-    from transformers import AutoTokenizer
+    from corpus import corpus_conversations
 
     from dmforge.config import load_config
-    from dmforge.dataset import build_dataset
+    from dmforge.models.load import load_tokenizer
     from dmforge.models.resolve import resolve_base
-    from dmforge.tools.registry import load_registry
+    from dmforge.training.chat import detect_chat_format, template_messages
 
     config = load_config(None)
-    tokenizer = AutoTokenizer.from_pretrained(resolve_base(config.model.base).path)
-    with tempfile.TemporaryDirectory() as tmp:
-        _, dataset = build_dataset(config.data, load_registry(None), out=Path(tmp) / "dataset")
-        conversations = [json.loads(line) for line in (dataset / "validation.jsonl").read_text().splitlines()]
+    tokenizer = load_tokenizer(resolve_base(config.model.base).path, config.model.chat_template)
+    fmt = detect_chat_format(tokenizer, config.model.tool_results, config.model.tool_result_prefix)
+    conversations = corpus_conversations(config, "validation")
     count = lambda text: len(tokenizer(text, add_special_tokens=False)["input_ids"])  # noqa: E731
     replies, news = [], []
     for c in conversations:
@@ -80,10 +79,8 @@ def typical_turn(n_ctx: int) -> tuple[list[dict], int, int]:
             else:
                 pending += count(m["content"])
     longest = max(conversations, key=lambda c: sum(count(m["content"]) for m in c["messages"]))
-    messages = [
-        {"role": m["role"] if m["role"] != "tool" else "user", "content": m["content"]} for m in longest["messages"]
-    ]
-    return messages, int(statistics.median(news)), int(statistics.median(replies))
+    # Tool results go where the chat format puts them, as the app sends them.
+    return template_messages(longest["messages"], fmt), int(statistics.median(news)), int(statistics.median(replies))
 
 
 def measure(path: Path, n_ctx: int, history: list[int], new_turn: int, reply: int, generate: int) -> dict:

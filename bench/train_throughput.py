@@ -44,11 +44,11 @@ TARGET_RATIO = 2.5
 
 def prepare_samples(base: str, max_seq_len: int, count: int, out: Path) -> None:
     """The first `count` training samples of the sample corpus, as dmforge renders them, into `out`."""
+    from corpus import corpus_conversations
+
     from dmforge.config import load_config
-    from dmforge.dataset import build_dataset
     from dmforge.models.load import load_tokenizer
     from dmforge.models.resolve import resolve_base
-    from dmforge.tools.registry import load_registry
     from dmforge.training.batches import epoch_batches
     from dmforge.training.chat import build_samples, detect_chat_format
 
@@ -56,10 +56,7 @@ def prepare_samples(base: str, max_seq_len: int, count: int, out: Path) -> None:
     resolved = resolve_base(base)
     tokenizer = load_tokenizer(resolved.path, config.model.chat_template)
     fmt = detect_chat_format(tokenizer, config.model.tool_results, config.model.tool_result_prefix)
-    with tempfile.TemporaryDirectory() as tmp:
-        _, dataset = build_dataset(config.data, load_registry(config.data.tool_registry), out=Path(tmp) / "dataset")
-        conversations = [json.loads(line) for line in (dataset / "train.jsonl").read_text().splitlines()]
-    samples = build_samples(tokenizer, fmt, conversations, max_seq_len, config.decode.n_predict)
+    samples = build_samples(tokenizer, fmt, corpus_conversations(config, "train"), max_seq_len, config.decode.n_predict)
     chosen = samples[:count]
     # dmforge's loop walks these in its own order (length-grouped windows, shuffled, a pure function of
     # the seed); the naive arm is handed them in that order, so step k is the same batch in both.
@@ -96,32 +93,20 @@ def _train_config(args, **extra):
     )
 
 
-def _lora(model, config):
-    import torch
-    from peft import LoraConfig, get_peft_model
-
-    torch.manual_seed(config.seed)  # the same initial adapter weights in both arms
-    lora = LoraConfig(
-        r=config.lora_r,
-        lora_alpha=config.lora_alpha,
-        lora_dropout=config.lora_dropout,
-        target_modules=config.target_modules,
-        task_type="CAUSAL_LM",
-    )
-    return get_peft_model(model, lora)
-
-
 def run_naive(args, data: dict) -> dict:
     """transformers.Trainer, fp32, one padded batch of `--batch` samples per step, full logits."""
     import torch
     from transformers import DataCollatorForSeq2Seq, Trainer, TrainerCallback, TrainingArguments
 
-    from dmforge.models.load import load_model, load_tokenizer
+    from dmforge.models.hardware import detect_hardware
+    from dmforge.models.load import load_tokenizer
     from dmforge.training.loop import make_optimizer
+    from dmforge.training.lora import lora_model
 
     config = _train_config(args)
     tokenizer = load_tokenizer(Path(data["model_path"]))
-    model = _lora(load_model(Path(data["model_path"]), torch.float32), config)
+    # The same LoRA, seeded the same, as the dmforge arm gets: only the dtype differs.
+    model = lora_model(Path(data["model_path"]), config, detect_hardware("cpu", "float32"))
     rows = [{"input_ids": s["input_ids"], "labels": s["labels"]} for s in in_order(data)]
     optimizer, scheduler = make_optimizer(model, config, args.steps)
     times: list[float] = []

@@ -41,6 +41,7 @@ def _cpu_has_native_bf16() -> bool:
 
 
 def physical_cores() -> int:
+    """Threads for PyTorch and llama.cpp: a hyper-thread shares its core's vector units and only slows them."""
     import psutil
 
     return psutil.cpu_count(logical=False) or os.cpu_count() or 1
