@@ -102,3 +102,88 @@ def corpus_conversations():
     from dmforge.scenarios import check_paths
 
     return [to_conversation(s, DataConfig()) for s in check_paths([CORPUS]).scenarios]
+
+
+def finished_run(
+    run: Path,
+    content: bytes = b"GGUF-v1",
+    *,
+    passed: bool = True,
+    evaluated: bool = True,
+    scenarios: dict[str, str] | None = None,
+    metrics: dict | None = None,
+    kind: str = "full",
+    parent: str | None = None,
+    base: str = "smollm2-135m",
+) -> Path:
+    """A run folder as finetune, export and eval leave it, written through registry/runs.py, with small fake GGUFs.
+
+    Deploy and the versions list read only these records and files, so this is a real run folder to them.
+    """
+    import json
+
+    from dmforge.models.resolve import sha256_file
+    from dmforge.registry.runs import (
+        BaseRecord,
+        EvalReport,
+        ExportReport,
+        RunManifest,
+        ShipRecord,
+        write_eval,
+        write_export,
+        write_manifest,
+    )
+
+    (run / "gguf").mkdir(parents=True, exist_ok=True)
+    (run / "adapter").mkdir(exist_ok=True)
+    (run / "identity.json").write_text(json.dumps({"config": {"model": {"base": base}}, "corpus": "c"}))
+    files = {"F16": run / "gguf" / "dungeon-master-f16.gguf", "Q4_K_M": run / "gguf" / "dungeon-master-q4_k_m.gguf"}
+    files["Q4_K_M"].write_bytes(content)
+    files["F16"].write_bytes(b"F16-" + content)
+    write_manifest(
+        run,
+        RunManifest(
+            dmforge_version="test",
+            base=BaseRecord(spec=base, origin="test", path="/nowhere"),
+            dataset={},
+            chat_format=SMOLLM2_CHAT_FORMAT,
+            max_seq_len=1024,
+            adapter=str(run / "adapter"),
+            merged=str(run / "merged"),
+            scenarios=scenarios or {"a.md": "1"},
+            kind=kind,
+            parent=parent,
+            steps=10,
+        ),
+    )
+    write_export(
+        run,
+        ExportReport(
+            passed=passed,
+            files={q: str(p) for q, p in files.items()},
+            sha256={q: sha256_file(p) for q, p in files.items()},
+            checks=[{"file": files["Q4_K_M"].name, "name": "rope_base", "passed": passed, "reason": "lost"}],
+            chat_format=SMOLLM2_CHAT_FORMAT,
+            max_seq_len=1024,
+            requested=[],
+            max_size_gb=2.0,
+        ),
+    )
+    report = run / "eval" / "report.json"
+    if evaluated:
+        scores = metrics or {"call_decision_accuracy": 0.7, "intent_match": 0.3, "exact_call_match": 0.1}
+        write_eval(
+            run,
+            EvalReport(
+                title="t",
+                run_dir=str(run),
+                source="the validation split",
+                turns=8,
+                n_ctx=1024,
+                models={"F16": scores, "Q4_K_M": scores},
+                ship=ShipRecord(quant="Q4_K_M", reason="the smallest that keeps F16's calls"),
+            ),
+        )
+    else:
+        report.unlink(missing_ok=True)
+    return run

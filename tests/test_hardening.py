@@ -156,12 +156,12 @@ def test_every_command_answers_hostile_arguments_with_one_paragraph(tmp_path: Pa
 
 
 def test_deploy_into_a_read_only_app_is_an_error_and_the_old_model_stays(tmp_path: Path, monkeypatch):
-    from test_deploy import _app, _exported_run, deploy
+    from test_deploy import _app, _run, deploy
 
     app = _app(tmp_path)
-    deploy(_exported_run(tmp_path, b"old model"), app)
+    deploy(_run(tmp_path, "one", b"old model"), app)
     models = app / "assets" / "models"
-    run = _exported_run(tmp_path, b"new model")
+    run = _run(tmp_path, "two", b"new model")
     if os.geteuid() == 0:  # root writes through permission bits: refuse writes below the app as a read-only mount would
         real_open = os.open
 
@@ -281,45 +281,33 @@ def _digest(path: Path) -> str:
     return hashlib.sha256(path.read_bytes()).hexdigest()
 
 
-def test_kill_9_at_random_points_of_a_deploy_leaves_a_whole_model(tmp_path: Path):
-    """A deploy copies a model of many megabytes; killed anywhere, the app holds the old file or the new one."""
+def test_kill_9_at_random_points_of_a_deploy_leaves_a_whole_set(tmp_path: Path):
+    """Killed anywhere, the app holds one whole set (model, JSON, TypeScript): the old one or the new one."""
     import random
 
-    from dmforge.deploy.app import install_file
+    from dmforge.deploy import switch
+    from test_deploy import MODEL, TS, VALUES, _app, _deploy_process, _run, deploy
 
     rng = random.Random(11)
-    models = [tmp_path / f"model-{k}.gguf" for k in range(2)]
-    for k, path in enumerate(models):
-        path.write_bytes(bytes([k]) * (24 << 20))
-    digests = {_digest(p) for p in models}
-    dest = tmp_path / "app" / "assets" / "models" / "dungeon-master.gguf"
-    dest.parent.mkdir(parents=True)
-    dest.write_bytes(models[0].read_bytes())
-    code = f"""
-        from pathlib import Path
-        from dmforge.deploy.app import install_file
-        from dmforge.locks import folder_lock
-        print("start", flush=True)
-        for k in range(1000):
-            with folder_lock(Path({str(dest.parent)!r}), "models"):
-                install_file(Path({str(models[0])!r}) if k % 2 else Path({str(models[1])!r}), Path({str(dest)!r}))
-        """
-    kills_mid_copy = 0
-    for _ in range(6):
-        child = _child(code)
-        assert child.stdout.readline().strip() == "start"
-        time.sleep(rng.uniform(0.0, 0.6))
+    app = _app(tmp_path)
+    runs = [_run(tmp_path, f"run-{k}", bytes([k]) * (48 << 20)) for k in range(2)]
+    sets = []
+    for run in runs:
+        deploy(run, app)
+        sets.append({p: (app / p).read_bytes() for p in (MODEL, VALUES, TS)})
+    kills_mid_deploy = 0
+    for attempt in range(6):
+        child = _deploy_process(runs[attempt % 2], app, tmp_path / "runs")
+        time.sleep(rng.uniform(0.05, 0.8))
         child.send_signal(signal.SIGKILL)
         child.wait(10)
-        kills_mid_copy += bool(list(dest.parent.glob(".*.partial")))
-        assert _digest(dest) in digests, "the app's model is always a whole file"
-        backup = dest.with_name(dest.name + ".previous")
-        assert not backup.exists() or _digest(backup) in digests
-        with folder_lock(dest.parent, "models", on_stale=clean_after(dest.parent)):
-            install_file(models[1], dest)
-        assert _digest(dest) == _digest(models[1])
-    assert kills_mid_copy, "at least one kill landed while a copy was half-written"
-    assert not list(dest.parent.glob(".*.partial")), "a later deploy removes what a killed one left"
+        kills_mid_deploy += child.returncode == -signal.SIGKILL
+        with switch.app_lock(app):
+            switch.recover(app)  # what the next deploy does first
+        now = {p: (app / p).read_bytes() for p in (MODEL, VALUES, TS)}
+        assert now in sets, "the app's model and its config always belong together"
+        assert not list((app / "assets").rglob(".*partial"))
+    assert kills_mid_deploy, "at least one kill landed while a deploy was running"
 
 
 def test_a_converter_failure_shows_its_last_lines_and_keeps_the_log(tmp_path: Path):

@@ -18,7 +18,7 @@ import yaml
 from rich.console import Console
 from rich.text import Text
 
-from conftest import VALID
+from conftest import SMOLLM2_CHAT_FORMAT, VALID
 from dmforge.config import DmforgeConfig
 from dmforge.errors import DmforgeError
 from dmforge.files import write_json
@@ -31,6 +31,7 @@ from dmforge.pipeline import (
     pick_run_dir,
     summary,
 )
+from dmforge.registry.runs import EvalReport, ShipRecord
 from dmforge.training.finetune import run_identity
 
 
@@ -106,9 +107,20 @@ def test_an_export_is_reused_only_when_it_passed_for_the_same_request_and_its_fi
     gguf = run / "gguf" / "dungeon-master-q4_k_m.gguf"
     gguf.parent.mkdir()
     gguf.write_bytes(b"GGUF")
-    export = {"passed": True, "requested": [], "max_size_gb": 2.0, "files": {"Q4_K_M": str(gguf)}}
+    export = {
+        "passed": True,
+        "requested": [],
+        "max_size_gb": 2.0,
+        "files": {"Q4_K_M": str(gguf)},
+        "sha256": {"Q4_K_M": "0" * 64},
+        "checks": [],
+        "chat_format": SMOLLM2_CHAT_FORMAT,
+    }
     write_json(run / "gguf" / "export.json", export)
-    assert _exported(run, config) == export
+    assert _exported(run, config).files == export["files"]
+    write_json(run / "gguf" / "export.json", export | {"sha256": {}})
+    assert _exported(run, config) is None, "an export from before file hashes is exported again"
+    write_json(run / "gguf" / "export.json", export)
     assert _exported(run, DmforgeConfig(train={"runs_root": tmp_path}, export={"quants": ["Q6_K"]})) is None
     write_json(run / "gguf" / "export.json", export | {"passed": False})
     assert _exported(run, config) is None
@@ -156,12 +168,16 @@ def test_the_summary_shows_where_things_are_the_app_values_and_the_columns(tmp_p
     result = PipelineResult(
         run_dir=tmp_path / "runs" / "smollm2-135m",
         gguf=tmp_path / "runs" / "smollm2-135m" / "gguf" / "dungeon-master-q8_0.gguf",
-        report={
-            "turns": 40,
-            "models": {"base": metrics, "F16": metrics, "Q8_0": metrics, "Q8_0 greedy": metrics},
-            "decoding": {"F16": "greedy, repeat penalty 1.1 over 64, full grammar"},
-            "ship": {"quant": "Q8_0", "reason": "the smallest file ..."},
-        },
+        report=EvalReport(
+            title="t",
+            run_dir="r",
+            source="the validation split",
+            n_ctx=1024,
+            turns=40,
+            models={"base": metrics, "F16": metrics, "Q8_0": metrics, "Q8_0 greedy": metrics},
+            decoding={"F16": "greedy, repeat penalty 1.1 over 64, full grammar"},
+            ship=ShipRecord(quant="Q8_0", reason="the smallest file ..."),
+        ),
         deployed={
             "path": "app/assets/models/dungeon-master.gguf",
             "config_ts": "app/src/dmforge/dungeonMasterModel.ts",

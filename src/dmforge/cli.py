@@ -345,9 +345,9 @@ def export_command(
     with _run_lock(run, console):
         result = export_run(run, config.export.quants, config.export.max_size_gb, None if as_json else console)
     if as_json:
-        sys.stdout.write(json.dumps(result.report, indent=2, default=str) + "\n")
+        sys.stdout.write(json.dumps(result.model_dump(mode="json"), indent=2, default=str) + "\n")
     else:
-        _print_export(result.report)
+        _print_export(result.model_dump(mode="json"))
         verdict = "[green]passed[/]" if result.passed else "[red]FAILED[/]"
         console.print(f"Export {verdict}; files in {escape(str(run / 'gguf'))}")
     raise typer.Exit(0 if result.passed else 1)
@@ -405,38 +405,136 @@ def eval_command(
             config.eval.max_turns,
         )
         if not scenarios:  # the playtest belongs to the run; scoring other scenarios does not replay it
-            report["playtest"] = run_playtest(run, config, _registry(config))
+            report.playtest = run_playtest(run, config, _registry(config))
     if as_json:
-        sys.stdout.write(json.dumps(report, indent=2) + "\n")
+        sys.stdout.write(json.dumps(report.model_dump(mode="json"), indent=2) + "\n")
     else:
-        _print_eval(report)
+        _print_eval(report.model_dump(mode="json"))
+
+
+AppOption = Annotated[Path, typer.Option("--app", help="The React Native app's root folder.")]
 
 
 @app.command("deploy")
 def deploy_command(
-    app_dir: Annotated[Path, typer.Option("--app", help="The React Native app's root folder.")],
-    run: Annotated[Path, typer.Argument(help="The run folder whose verified GGUF to deploy.")],
+    app_dir: AppOption,
+    run: Annotated[Path | None, typer.Argument(help="The run folder whose verified GGUF to deploy.")] = None,
+    version: Annotated[
+        str | None, typer.Option("--version", help="Switch the app to this kept version instead (v1, v2, …).")
+    ] = None,
     quant: Annotated[
         str | None, typer.Option(help="Deploy this exported file instead of the one the evaluation chose.")
     ] = None,
     config_file: ConfigOption = None,
 ) -> None:
-    """Copy the GGUF the evaluation chose into <app>/assets/models/ and write the values for cactus.ts."""
-    from dmforge.deploy.app import deploy
+    """Put a verified model into <app>/assets/models/ with the values for cactus.ts, all-or-nothing.
 
-    config = _run_config(run, config_file)
-    result = deploy(run, app_dir, config, _registry(config), quant)
+    `dmforge deploy RUN --app APP` deploys a run (registering it as a version); `dmforge deploy --version v2
+    --app APP` switches the app to any version `dmforge versions` lists. The gate of ./train.sh does not apply:
+    what you name is deployed.
+    """
+    from dmforge.deploy.app import deploy, deploy_version
+
+    if (run is None) == (version is None):
+        raise DmforgeError(
+            "Name what to deploy: a run folder (`dmforge deploy RUN --app APP`) or a version "
+            "(`dmforge deploy --version v2 --app APP`), not both.",
+            exit_code=2,
+        )
+    if run is not None:
+        config = _run_config(run, config_file)
+        result = deploy(run, app_dir, config, _registry(config), quant)
+    else:
+        config = load_config(config_file)
+        result = deploy_version(app_dir, version, config, _registry(config))
     _print_deploy(result)
+
+
+@app.command("rollback")
+def rollback_command(app_dir: AppOption, config_file: ConfigOption = None) -> None:
+    """Put back the model the app had before the last deploy, byte for byte (its sha256 checked)."""
+    from dmforge.deploy.app import rollback
+
+    result = rollback(app_dir, load_config(config_file))
+    _print_deploy(result)
+
+
+@app.command("versions")
+def versions_command(
+    app_dir: Annotated[
+        Path | None, typer.Option("--app", help="Show which version this app has, and the versions it keeps.")
+    ] = None,
+    as_json: Annotated[bool, typer.Option("--json", help="Print the versions as JSON.")] = False,
+    config_file: ConfigOption = None,
+) -> None:
+    """List the trained versions: parent, scenarios, GGUF, headline metrics and deltas, and where each is deployed."""
+    from dmforge.deploy import switch
+    from dmforge.registry.versions import SHORT, load_versions, version_table
+
+    config = load_config(config_file, {"deploy": {"app": app_dir}})
+    book = load_versions(config.train.runs_root)
+    deployed = dict(book.deployed)
+    app = config.deploy.app
+    kept = []
+    if app is not None:
+        current = switch.current_set(app)
+        key = str(Path(app).resolve())
+        deployed.pop(key, None)
+        if current is not None and current.version:
+            deployed[key] = current.version
+        kept = [k.name for k in switch.kept_sets(app)]
+    rows = version_table(book, deployed)
+    if as_json:
+        out = {"runs_root": str(config.train.runs_root), "versions": rows}
+        if app is not None:
+            out["app"] = {"path": str(app), "deployed": deployed.get(str(Path(app).resolve())), "kept": kept}
+        sys.stdout.write(json.dumps(out, indent=2) + "\n")
+        return
+    if not rows:
+        console.print(f"No versions yet in {escape(str(config.train.runs_root))}: ./train.sh registers one per run.")
+        return
+    table = Table(title=f"versions in {escape(str(config.train.runs_root))}", title_justify="left", header_style="bold")
+    for column in ("version", "date", "kind", "parent", "files", "GGUF", "deployed"):
+        table.add_column(column)
+    keys = ("call_decision_accuracy", "intent_match", "exact_call_match", "call_validity", "loop_rate")
+    for key in keys:
+        table.add_column(SHORT[key], justify="right")
+    for row in rows:
+        gguf = row["gguf"]
+        cells = [
+            row["id"],
+            row["created"],
+            row["kind"],
+            row["parent"] or "-",
+            str(len(row["scenarios"])),
+            f"{gguf['quant']} {gguf['bytes'] / 2**20:.0f} MB",
+            escape(", ".join(Path(a).name for a in row["deployed_to"])) or "-",
+        ]
+        for key in keys:
+            value, delta = row["metrics"].get(key), row["deltas"].get(key)
+            text = "-" if value is None else f"{value:.3f}"
+            if delta is not None:
+                text += f" ({delta:+.3f})"
+            cells.append(text)
+        table.add_row(*cells)
+    console.print(table)
+    console.print("Deltas are against each version's parent. `dmforge deploy --version vN --app APP` switches the app.")
+    if app is not None:
+        console.print(f"kept in {escape(str(switch.kept_root(app)))}: {escape(', '.join(kept) or 'none')}")
 
 
 def _print_deploy(result) -> None:
     console.print(
-        f"[green]Deployed[/] {escape(str(result.model))}"
-        + (f" (previous model kept as {escape(result.backup.name)})" if result.backup else "")
+        f"[green]Deployed[/] {escape(result.version or 'the kept model')} to {escape(str(result.model))}"
+        + (f" (replacing {escape(result.replaced)})" if result.replaced else "")
     )
     console.print(f"config: {escape(str(result.config_ts))} and {escape(str(result.config_json))}")
+    console.print(f"kept, with every earlier model, in {escape(str(result.kept.parent))}")
     for key in ("modelPath", "mmprojPath", "n_ctx", "stop", "jinja", "toolResultRole", "quantization"):
-        console.print(f"  {key}: {escape(json.dumps(result.values[key]))}")
+        console.print(f"  {key}: {escape(json.dumps(result.values.get(key)))}")
+    if not result.values:
+        console.print("  (a model from before dmforge's versions: it came with no values for cactus.ts)")
+        return
     shown = {k: v for k, v in result.values["completion"].items() if k not in ("grammar", "dry_sequence_breakers")}
     console.print(f"  completion: {escape(json.dumps(shown))} (and the tool-call grammar)")
 
@@ -455,6 +553,12 @@ def pipeline(
             "--quant", help="Ship this GGUF type instead of the measured choice (the smallest that keeps F16's calls)."
         ),
     ] = None,
+    from_scratch: Annotated[
+        bool,
+        typer.Option(
+            "--from-scratch", help="Train a full run even when the scenarios only grew since the latest version."
+        ),
+    ] = False,
     config_file: ConfigOption = None,
 ) -> None:
     """Run the whole pipeline (what ./train.sh runs), resuming finished stages.
@@ -469,7 +573,7 @@ def pipeline(
     if quant:
         overrides["deploy"]["quant"] = quant.upper()
     config = load_config(config_file, overrides)
-    run_pipeline(config, _registry(config), console)
+    run_pipeline(config, _registry(config), console, from_scratch=from_scratch)
 
 
 def main() -> None:

@@ -114,6 +114,13 @@ class TrainConfig(_Section):
     )
     epochs: float = Field(2.0, gt=0, description="Passes over the training set (ignored when max_steps is set).")
     max_steps: int | None = Field(None, gt=0, description="Stop after this many optimizer steps.")
+    replay_ratio: float = Field(
+        1.0,
+        ge=0,
+        le=20,
+        description="Incremental runs (scenarios added or changed since the latest version): unchanged samples "
+        "replayed per new one, so the update does not forget what the parent version learnt.",
+    )
     max_minutes: float | None = Field(
         None,
         gt=0,
@@ -251,12 +258,27 @@ class EvalConfig(_Section):
     greedy_column: bool = Field(True, description="Also score the shipped file with plain greedy decoding.")
 
 
+GateMetric = Literal["call_decision_accuracy", "intent_match", "exact_call_match", "call_validity", "call_f1"]
+
+
 class DeployConfig(_Section):
     """Copying the model into the app."""
 
     app: Path | None = Field(None, description="The React Native app's root folder; no deploy when unset.")
     quant: QuantName | None = Field(
         None, description="Deploy this exported file instead of the one `export.ship` picks."
+    )
+    gate: bool = Field(
+        True,
+        description="Deploy a new version only when it does not regress against the app's deployed one on the "
+        "validation turns (registry/gate.py); otherwise the app keeps its model and the run ends with a report.",
+    )
+    gate_tolerance: float = Field(
+        0.02, ge=0.0, le=1.0, description="How far a gated metric may fall below the deployed version's."
+    )
+    gate_metrics: list[GateMetric] = Field(
+        ["call_decision_accuracy", "intent_match", "exact_call_match", "call_validity"],
+        description="The metrics the gate compares (higher is better for each).",
     )
 
 

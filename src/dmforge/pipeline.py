@@ -9,11 +9,14 @@
     evaluate       base, fine-tuned and quantized files on held-out DM turns, through llama.cpp as the
                    app runs them; the smallest file that keeps the model's behaviour is chosen to ship
     playtest       the shipped file plays a scripted session, its tool calls executed
-    deploy         into the app's assets/models with the values for cactus.ts (when an app is given)
+    deploy         registered as a version (v1, v2, …); into the app's assets/models with the values
+                   for cactus.ts (when an app is given), if it passes the quality gate against the
+                   version the app has
 
 The run folder is `runs/<base>`, or the folder in `runs/` that trained on the same scenarios and
 options: running ./train.sh again finds each stage's results there and says "done already".
-Changed scenarios or training options start a new folder, so two runs never mix.
+Added or changed scenarios start an incremental run from the latest version (registry/lineage.py);
+removed ones, other training options or --from-scratch a full run, in a new folder: runs never mix.
 """
 
 from __future__ import annotations
@@ -33,12 +36,26 @@ from rich.markup import escape
 
 from dmforge.config import DmforgeConfig
 from dmforge.dataset import corpus_fingerprint
+from dmforge.deploy import switch
 from dmforge.errors import DmforgeError
-from dmforge.export.ship import shipped
-from dmforge.files import newer_than, read_json_or_none, write_json, write_text
+from dmforge.export.ship import forced_quant, shipped
+from dmforge.files import newer_than, write_json, write_text
 from dmforge.locks import hold_run_folder
+from dmforge.registry.gate import GateVerdict, judge
+from dmforge.registry.lineage import plan_run
+from dmforge.registry.runs import (
+    EvalReport,
+    ExportReport,
+    export_path,
+    manifest_path,
+    read_export,
+    read_identity,
+    scenario_hashes,
+)
+from dmforge.registry.versions import Version, register
 from dmforge.scenarios import check_paths
 from dmforge.tools.registry import Registry
+from dmforge.training.incremental import Lineage
 
 STAGES = ("check", "build", "preflight", "train", "export", "verify", "evaluate", "playtest", "deploy")
 # Options a run may resume under (so they are not part of its identity) that still decide how far it
@@ -50,10 +67,12 @@ _RUN_LENGTH = ("max_steps", "epochs", "early_stopping_patience")
 class PipelineResult:
     run_dir: Path
     gguf: Path
-    report: dict
+    report: EvalReport
     deployed: dict | None
     seconds: float
     stage_seconds: dict[str, float] = field(default_factory=dict)
+    version: Version | None = None
+    gated: str | None = None  # the app's version that the quality gate kept in place of this one
 
 
 @dataclass
@@ -114,14 +133,14 @@ def _unexpected(stage: str, exc: BaseException, log_dir: Path | None) -> Dmforge
     )
 
 
-def pick_run_dir(config: DmforgeConfig, corpus: str) -> Path:
+def pick_run_dir(config: DmforgeConfig, corpus: str, lineage: Lineage | None = None) -> Path:
     """The configured folder; else the newest run in runs/ with this identity; else runs/<base> (or a fresh one)."""
     from dmforge.training.finetune import base_name, run_identity
 
     if config.train.run_dir:
         return config.train.run_dir
     name, root = base_name(config), config.train.runs_root
-    identity = run_identity(config, corpus)
+    identity = run_identity(config, corpus, lineage)
     same = [p for p in root.glob(f"{name}*") if _identity(p) == identity]
     if same:
         return max(same, key=lambda p: (p / "identity.json").stat().st_mtime)
@@ -131,10 +150,10 @@ def pick_run_dir(config: DmforgeConfig, corpus: str) -> Path:
 
 def _identity(run_dir: Path) -> dict | None:
     """What the run folder trained on, or None for a folder that is not a run or whose identity is damaged."""
-    return read_json_or_none(run_dir / "identity.json")
+    return read_identity(run_dir)
 
 
-def _trained(run_dir: Path, config: DmforgeConfig, corpus: str) -> bool:
+def _trained(run_dir: Path, config: DmforgeConfig, corpus: str, lineage: Lineage | None = None) -> bool:
     """A finished training of these scenarios and options: merged model, metrics written after the run started."""
     from dmforge.training.finetune import run_identity
 
@@ -142,11 +161,11 @@ def _trained(run_dir: Path, config: DmforgeConfig, corpus: str) -> bool:
     if not (
         newer_than(run_dir / "metrics.json", run_dir / "identity.json")
         and (run_dir / "merged" / "config.json").is_file()
-        and (run_dir / "manifest.json").is_file()
+        and manifest_path(run_dir).is_file()
         and saved.is_file()
     ):
         return False
-    if _identity(run_dir) != run_identity(config, corpus):
+    if _identity(run_dir) != run_identity(config, corpus, lineage):
         return False
     try:
         trained_for = yaml.safe_load(saved.read_text())["train"]
@@ -155,19 +174,33 @@ def _trained(run_dir: Path, config: DmforgeConfig, corpus: str) -> bool:
         return False  # a damaged config.yaml: train again, which rewrites it
 
 
-def _exported(run_dir: Path, config: DmforgeConfig) -> dict | None:
-    path = run_dir / "gguf" / "export.json"
-    if not newer_than(path, run_dir / "metrics.json"):
+def _exported(run_dir: Path, config: DmforgeConfig) -> ExportReport | None:
+    if not newer_than(export_path(run_dir), run_dir / "metrics.json"):
         return None
-    export = read_json_or_none(path)  # a damaged record reads as none: export again
-    if export is None:
+    try:
+        export = read_export(run_dir)
+    except DmforgeError:  # a damaged record, or one from before file hashes: export again
         return None
-    same = export.get("requested") == config.export.quants and export.get("max_size_gb") == config.export.max_size_gb
-    files_there = all(Path(f).is_file() for f in export.get("files", {}).values())
-    return export if export.get("passed") and same and files_there else None
+    same = export.requested == config.export.quants and export.max_size_gb == config.export.max_size_gb
+    files_there = all(Path(f).is_file() for f in export.files.values())
+    hashed = set(export.sha256) >= set(export.files)
+    return export if export.passed and same and files_there and hashed else None
 
 
-def run_pipeline(config: DmforgeConfig, registry: Registry, console: Console) -> PipelineResult:
+def _deployed_set(config: DmforgeConfig, run_dir: Path) -> switch.KeptSet | None:
+    """The version the app has, when the gate must compare against it (another run's file, same base)."""
+    app = config.deploy.app
+    if not (app and config.deploy.gate):
+        return None
+    kept = switch.current_set(app)
+    if kept is None or kept.record.get("run_dir") == str(run_dir.resolve()):
+        return None
+    return kept
+
+
+def run_pipeline(
+    config: DmforgeConfig, registry: Registry, console: Console, from_scratch: bool = False
+) -> PipelineResult:
     from dmforge.evaluation.run import evaluate_run, run_playtest
     from dmforge.export.run import export_run
     from dmforge.training.finetune import finetune
@@ -189,18 +222,25 @@ def run_pipeline(config: DmforgeConfig, registry: Registry, console: Console) ->
         f"{checked.warnings} warnings"
     )
     corpus = corpus_fingerprint(checked.scenarios, data)
-    run_dir = pick_run_dir(config, corpus)
+    from dmforge.training.finetune import run_identity
+
+    plan = plan_run(
+        config.train.runs_root, run_identity(config, corpus)["config"], scenario_hashes(checked.scenarios), from_scratch
+    )
+    lineage = plan.lineage
+    progress.ok(f"training: {escape(plan.reason)}")
+    run_dir = pick_run_dir(config, corpus, lineage)
     config.train.run_dir = run_dir
     logs = run_dir / "logs"
 
     with hold_run_folder(run_dir, data.scenarios, console), _stage_failures(progress, logs):
-        if _trained(run_dir, config, corpus):
+        if _trained(run_dir, config, corpus, lineage):
             metrics = json.loads((run_dir / "metrics.json").read_text())
             for stage in ("build", "preflight", "train"):
                 progress.announce(stage, f"in {escape(str(run_dir))}")
                 progress.done_already("this run folder trained on the same scenarios and options")
         else:
-            metrics = finetune(config, registry, console, announce=progress.announce).metrics
+            metrics = finetune(config, registry, console, announce=progress.announce, lineage=lineage).metrics
         progress.ok(
             f"{metrics['steps']} steps; validation loss {_num(metrics['final_val_loss'])} "
             f"(best {_num(metrics['best_val_loss'])} at step {metrics['best_step']})"
@@ -215,20 +255,24 @@ def run_pipeline(config: DmforgeConfig, registry: Registry, console: Console) ->
         else:
             export = export_run(
                 run_dir, config.export.quants, config.export.max_size_gb, console, announce=progress.announce
-            ).report
-            if not export["passed"]:
-                failed = [f"{c['file']} {c['name']}: {c['reason']}" for c in export["checks"] if not c["passed"]]
+            )
+            if not export.passed:
                 raise DmforgeError(
-                    "a GGUF file failed verification in llama.cpp: " + "; ".join(failed) + f". The files and "
-                    f"the full report are in {run_dir / 'gguf'}; the app would misbehave with them, so nothing "
+                    "a GGUF file failed verification in llama.cpp: " + "; ".join(export.failed()) + f". The files "
+                    f"and the full report are in {run_dir / 'gguf'}; the app would misbehave with them, so nothing "
                     "was deployed."
                 )
-        for warning in export["warnings"]:
+        for warning in export.warnings:
             console.print(f"  [yellow]note:[/] {escape(warning)}", soft_wrap=True)
-        progress.ok(f"every check passed for {', '.join(export['files'])}")
+        progress.ok(f"every check passed for {', '.join(export.files)}")
 
         turns = config.eval.max_turns or "every"
         progress.announce("evaluate", f"{turns} held-out DM turn(s) per file, through llama.cpp as the app runs it")
+        deployed_set = _deployed_set(config, run_dir)
+        compare = {}
+        if deployed_set is not None and deployed_set.record.get("base") == _base_spec(run_dir):
+            # Scored on these very turns, so the gate compares like with like (a recorded figure may be older).
+            compare[_deployed_column(deployed_set)] = deployed_set.folder / switch.MODEL_NAME
         report = evaluate_run(
             run_dir,
             config,
@@ -236,9 +280,10 @@ def run_pipeline(config: DmforgeConfig, registry: Registry, console: Console) ->
             console,
             max_turns=config.eval.max_turns,
             reuse=True,
+            compare=compare,
         )
-        choice = shipped(export, report, config.deploy.quant)
-        if set(report["reused"]) >= set(report["models"]):
+        choice = shipped(export, report, forced_quant(config))
+        if set(report.reused) >= set(report.models):
             progress.done_already("every column was scored on these turns before")
         progress.ok(
             f"{_compare(report, 'base', 'F16')}; ships {choice.quant} "
@@ -246,7 +291,7 @@ def run_pipeline(config: DmforgeConfig, registry: Registry, console: Console) ->
         )
         progress.announce("playtest", f"{escape(choice.path.name)} plays a scripted session, its calls executed")
         play = run_playtest(run_dir, config, registry)
-        report["playtest"] = play
+        report.playtest = play
         if play["reused"]:
             progress.done_already("the playtest was played with this file and these settings")
         progress.ok(
@@ -256,43 +301,90 @@ def run_pipeline(config: DmforgeConfig, registry: Registry, console: Console) ->
         )
 
         deployed = None
-        if config.deploy.app:
+        verdict = None
+        version = register(config.train.runs_root, run_dir, forced_quant(config))
+        app = config.deploy.app
+        progress.announce("deploy", f"into {escape(str(app))}" if app else "registering the version")
+        progress.ok(
+            f"version {version.id} ({version.kind}"
+            + (f" from {version.parent}" if version.parent else "")
+            + f") in {escape(str(config.train.runs_root / 'versions.json'))}"
+        )
+        if app:
             from dmforge.deploy.app import deploy
 
-            progress.announce("deploy", f"into {escape(str(config.deploy.app))}")
-            done = deploy(run_dir, config.deploy.app, config, registry)
-            deployed = done.values | {"path": str(done.model), "config_ts": str(done.config_ts)}
-            progress.ok(f"{escape(str(done.model))}; config in {escape(str(done.config_ts))}")
+            if deployed_set is not None:
+                old = report.models.get(_deployed_column(deployed_set)) or deployed_set.record.get("metrics") or {}
+                verdict = judge(
+                    report.models[choice.quant],
+                    old,
+                    list(config.deploy.gate_metrics),
+                    config.deploy.gate_tolerance,
+                    deployed_set.version or deployed_set.name,
+                )
+            if verdict is None or verdict.passed:
+                done = deploy(run_dir, app, config, registry)
+                deployed = done.values | {"path": str(done.model), "config_ts": str(done.config_ts)}
+                progress.ok(f"{escape(str(done.model))}; config in {escape(str(done.config_ts))}")
+                if verdict is not None:
+                    console.print(f"  quality gate against {verdict.against}: passed\n{verdict.table()}")
         else:
-            progress.announce("deploy", "skipped: no app folder given (--app PATH, or deploy.app in the config)")
+            console.print("  not deployed: no app folder given (--app PATH, or deploy.app in the config)")
         progress.finish()
 
     seconds = sum(progress.seconds.values())
-    result = PipelineResult(run_dir, choice.path, report, deployed, seconds, progress.seconds)
+    gated = verdict.against if verdict is not None and not verdict.passed else None
+    result = PipelineResult(run_dir, choice.path, report, deployed, seconds, progress.seconds, version, gated)
     write_json(
         run_dir / "pipeline.json",
         {
             "run_dir": str(run_dir),
+            "version": version.id,
             "gguf": str(choice.path),
-            "ship": report["ship"],
+            "ship": report.ship.model_dump(),
             "deployed": deployed,
+            "gate": None if verdict is None else {"passed": verdict.passed, "against": verdict.against},
             "seconds": round(seconds, 1),
             "stage_seconds": {k: round(v, 1) for k, v in progress.seconds.items()},
-            "metrics": report["models"],
+            "metrics": report.models,
         },
     )
     console.print(summary(result), soft_wrap=True)
+    if verdict is not None and not verdict.passed:
+        raise DmforgeError(gate_refusal(verdict, version, app), exit_code=3)
     return result
 
 
-def _compare(report: dict, before: str, after: str) -> str:
-    models = report["models"]
+def _base_spec(run_dir: Path) -> str:
+    from dmforge.registry.runs import read_manifest
+
+    return read_manifest(run_dir).base.spec
+
+
+def _deployed_column(kept: switch.KeptSet) -> str:
+    return f"deployed {kept.version or kept.name}"
+
+
+def gate_refusal(verdict: GateVerdict, version: Version, app: Path) -> str:
+    worse = [r for r in verdict.rows if not r.passed]
+    names = ", ".join(r.metric for r in worse)
+    return (
+        f"The quality gate stopped {version.id}: it is worse than the app's {verdict.against} on {names} (more than "
+        f"{verdict.tolerance:.2f} below, on the same held-out turns), so the app keeps {verdict.against}.\n"
+        f"{verdict.table()}\n"
+        f"{version.id} is kept as a version. Add or fix scenarios and run ./train.sh again, or deploy it anyway "
+        f"with `dmforge deploy --version {version.id} --app {app}`."
+    )
+
+
+def _compare(report: EvalReport, before: str, after: str) -> str:
+    models = report.models
     if before not in models or after not in models:
-        return f"{report['turns']} turns scored"
+        return f"{report.turns} turns scored"
     parts = []
     for key, label in (("call_decision_accuracy", "call decision"), ("intent_match", "intent match")):
         parts.append(f"{label} {_num(models[before].get(key), 2)} → {_num(models[after].get(key), 2)}")
-    return f"{report['turns']} turns; {after} vs {before}: " + ", ".join(parts)
+    return f"{report.turns} turns; {after} vs {before}: " + ", ".join(parts)
 
 
 HEADLINE = (
@@ -310,12 +402,13 @@ HEADLINE = (
 def summary(result: PipelineResult) -> str:
     """The closing block of ./train.sh: where everything is, the headline metrics, the app's values."""
     report, run_dir = result.report, result.run_dir
-    models = report["models"]
+    models = report.models
     eval_dir = run_dir / "eval"
     long_stages = ", ".join(f"{name} {s / 60:.1f} min" for name, s in result.stage_seconds.items() if s >= 30)
     lines = [
         f"\n[bold green]Done in {result.seconds / 60:.1f} min[/]" + (f" ({long_stages})." if long_stages else "."),
         f"  run folder      {escape(str(run_dir))}",
+        *([f"  version         {result.version.id}"] if result.version else []),
         f"  model (GGUF)    {escape(str(result.gguf))}",
         f"  loss curve      {escape(str(run_dir / 'loss.png'))}",
         f"  evaluation      {escape(str(eval_dir / 'report.html'))} (also report.md, report.json)",
@@ -328,13 +421,15 @@ def summary(result: PipelineResult) -> str:
             f"  cactus.ts       {escape(d['config_ts'])}",
             f"  modelPath       {escape(repr(d['modelPath']))}   n_ctx {d['n_ctx']}   stop {escape(repr(d['stop']))}",
         ]
+    elif result.version is not None and result.deployed is None and result.gated:
+        lines.append(f"  not deployed    the quality gate kept {result.gated} in the app (see below)")
     else:
         lines.append("  not deployed    add --app PATH (the app's root folder) to copy it into assets/models")
     names = list(models)
     lines.append(
-        f"\nHeadline metrics on {report['turns']} held-out DM turns, each file in llama.cpp with the app's decoding "
-        f"({report['decoding'].get('F16', '')}), and '{report['ship']['quant']} greedy' beside it; "
-        f"{report['ship']['quant']} ships:"
+        f"\nHeadline metrics on {report.turns} held-out DM turns, each file in llama.cpp with the app's decoding "
+        f"({report.decoding.get('F16', '')}), and '{report.ship.quant} greedy' beside it; "
+        f"{report.ship.quant} ships:"
     )
     lines.append("  " + f"{'':<28}" + "".join(f"{n:>12}" for n in names))
     for key, label in HEADLINE:

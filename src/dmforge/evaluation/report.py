@@ -11,7 +11,7 @@ import base64
 import html
 from pathlib import Path
 
-from dmforge.files import write_json, write_text
+from dmforge.files import write_text
 from dmforge.training.plots import save_figure
 
 # (key, label, higher is better): the rows of the table, the app's behaviour first.
@@ -106,8 +106,8 @@ def _ship_lines(report: dict) -> list[str]:
 
 def write_reports(out: Path, report: dict) -> None:
     models = report["models"]
+    """report.md and report.html (with metrics.png) from report.json's content; registry/runs.py writes the JSON."""
     out.mkdir(parents=True, exist_ok=True)
-    write_json(out / "report.json", report)
     headers, rows = table_rows(report)
     decoding = report.get("decoding", {})
     windowed = report.get("windowed_turns", 0)

@@ -30,8 +30,20 @@ from dmforge.evaluation.columns import Column, cached, perplexity_samples, save_
 from dmforge.evaluation.report import write_reports
 from dmforge.evaluation.runtime import GREEDY, Runtime
 from dmforge.evaluation.turns import EvalTurn, eval_turns
-from dmforge.export.ship import by_size, measured_choice, passes, shipped
-from dmforge.files import newer_than, read_json, read_json_or_none, write_json, write_text
+from dmforge.export.ship import by_size, forced_quant, measured_choice, passes, shipped
+from dmforge.files import newer_than, read_json_or_none, write_json, write_text
+from dmforge.registry.runs import (
+    EvalReport,
+    ExportReport,
+    RunManifest,
+    ShipRecord,
+    export_path,
+    manifest_path,
+    read_eval,
+    read_export,
+    read_manifest,
+    write_eval,
+)
 from dmforge.scenarios import check_paths
 from dmforge.scenarios.model import Header
 from dmforge.tools.grammar import registry_grammar
@@ -40,7 +52,7 @@ from dmforge.training.chat import ChatFormat, Sample, build_samples, prompt_budg
 
 
 def latest_run(runs_root: Path) -> Path:
-    runs = sorted((p for p in runs_root.glob("*") if (p / "manifest.json").is_file()), key=lambda p: p.stat().st_mtime)
+    runs = sorted((p for p in runs_root.glob("*") if manifest_path(p).is_file()), key=lambda p: p.stat().st_mtime)
     if not runs:
         raise DmforgeError(
             f"No finished run in {runs_root}. Train one with ./train.sh, or pass the run folder.", exit_code=2
@@ -74,8 +86,8 @@ class EvalSetup:
     """Everything scoring a run needs: its files, its chat format and the held-out turns with their prompts."""
 
     run_dir: Path
-    manifest: dict
-    export: dict
+    manifest: RunManifest
+    export: ExportReport
     fmt: ChatFormat
     n_ctx: int
     source: str
@@ -84,7 +96,7 @@ class EvalSetup:
 
     @property
     def files(self) -> dict[str, Path]:
-        return {q: Path(p) for q, p in self.export["files"].items()}
+        return {q: Path(p) for q, p in self.export.files.items()}
 
 
 def load_setup(
@@ -99,20 +111,17 @@ def load_setup(
     from transformers import AutoTokenizer
 
     run_dir = run_dir or latest_run(config.train.runs_root)
-    manifest_path, export_path = run_dir / "manifest.json", run_dir / "gguf" / "export.json"
-    if not manifest_path.is_file():
-        raise DmforgeError(f"{run_dir} is not a finished run (no manifest.json). Train it first.", exit_code=2)
-    if not export_path.is_file():
+    manifest = read_manifest(run_dir)
+    if not export_path(run_dir).is_file():
         raise DmforgeError(
             f"{run_dir} has no GGUF files yet, and every column is scored through llama.cpp as the app runs it. "
             f"Run `dmforge export {run_dir}` first.",
             exit_code=2,
         )
-    manifest = read_json(manifest_path, f"Train the run again: `dmforge finetune --run-dir {run_dir}`.")
-    export = read_json(export_path, f"Export it again: `dmforge export {run_dir}`.")
-    fmt = ChatFormat(**manifest["chat_format"])
+    export = read_export(run_dir)
+    fmt = ChatFormat(**manifest.chat_format)
     tokenizer = AutoTokenizer.from_pretrained(run_dir / "merged")
-    n_ctx = n_ctx or manifest.get("max_seq_len") or config.train.max_seq_len
+    n_ctx = n_ctx or manifest.max_seq_len or config.train.max_seq_len
     reply = config.decode.n_predict
     conversations, source = _held_out(run_dir, config, registry, scenarios)
     if not conversations:
@@ -133,8 +142,13 @@ def evaluate_run(
     scenarios: Path | None = None,
     max_turns: int | None = None,
     reuse: bool = True,
-) -> dict:
-    """Score the columns and choose the file that ships; returns report.json's content."""
+    compare: dict[str, Path] | None = None,
+) -> EvalReport:
+    """Score the columns and choose the file that ships; returns report.json's content.
+
+    `compare` adds columns for other GGUF files of the same base (name → file), scored on the same
+    turns with the same decoding: the quality gate measures the app's deployed version this way.
+    """
     from dmforge.export.convert import base_gguf
 
     setup = load_setup(run_dir, config, registry, scenarios, max_turns)
@@ -169,29 +183,32 @@ def evaluate_run(
         return result
 
     with progress:
-        run(Column("base", "base", base_gguf(Path(manifest["base"]["path"])), decode, grammar))
+        run(Column("base", "base", base_gguf(Path(manifest.base.path)), decode, grammar))
         f16 = run(Column("F16", "F16", files["F16"], decode, grammar))
         ship = _choose_and_score_quants(run, files, f16["metrics"]["intent_match"], decode, grammar, config, export)
-        shipped_name = ship["quant"]
+        shipped_name = ship.quant
         free = Column(f"{shipped_name} no grammar", shipped_name, files[shipped_name], decode, None)
         if decode.grammar != "off" and free.label != "greedy":  # the grammar's own effect, samplers unchanged
             run(free, False)["metrics"]["perplexity"] = columns[shipped_name]["metrics"]["perplexity"]
         if config.eval.greedy_column:
             greedy = run(Column(f"{shipped_name} greedy", shipped_name, files[shipped_name], GREEDY, None), False)
             greedy["metrics"]["perplexity"] = columns[shipped_name]["metrics"]["perplexity"]
+        for name, path in (compare or {}).items():
+            run(Column(name, name, path, decode, grammar), False)
 
-    report = {
-        "title": f"{manifest['base']['spec']} → {run_dir.name}",
-        "run_dir": str(run_dir),
-        "source": source,
-        "turns": len(turns),
-        "windowed_turns": sum(t.windowed for t in turns),
-        "n_ctx": n_ctx,
-        "models": {name: c["metrics"] for name, c in columns.items()},
-        "decoding": {name: c["decoding"] for name, c in columns.items()},
-        "ship": ship,
-        "reused": reused,
-    }
+    report = EvalReport(
+        title=f"{manifest.base.spec} → {run_dir.name}",
+        run_dir=str(run_dir),
+        source=source,
+        turns=len(turns),
+        windowed_turns=sum(t.windowed for t in turns),
+        n_ctx=n_ctx,
+        models={name: c["metrics"] for name, c in columns.items()},
+        decoding={name: c["decoding"] for name, c in columns.items()},
+        ship=ship,
+        reused=reused,
+        turns_digest=turns_digest(turns, n_ctx, decode),
+    )
     write_text(
         out / "turns.jsonl",
         "".join(
@@ -203,8 +220,17 @@ def evaluate_run(
         out / "details.jsonl",
         "".join(json.dumps(d, ensure_ascii=False) + "\n" for c in columns.values() for d in c["details"]),
     )
-    write_reports(out, report)
+    write_eval(run_dir, report)
+    write_reports(out, report.model_dump(mode="json"))
     return report
+
+
+def turns_digest(turns: list[EvalTurn], n_ctx: int, decode) -> str:
+    """What two evaluations must share for their metrics to be compared as they are: turns, window, decoding."""
+    import hashlib
+
+    payload = [[t.prompt, t.gold] for t in turns], n_ctx, decode.model_dump(mode="json")
+    return hashlib.sha256(json.dumps(payload, sort_keys=True, default=str).encode()).hexdigest()
 
 
 def _base_cache(base_file: Path, key: dict) -> Path:
@@ -216,16 +242,20 @@ def _base_cache(base_file: Path, key: dict) -> Path:
     return cache_root() / "eval" / f"base-{digest}.json"
 
 
-def _choose_and_score_quants(run, files, f16_intent, decode, grammar, config: DmforgeConfig, export: dict) -> dict:
+def _choose_and_score_quants(
+    run, files, f16_intent, decode, grammar, config: DmforgeConfig, export: ExportReport
+) -> ShipRecord:
     """Score the quantized files smallest first and apply the shipping rule; the record of the choice.
 
     Scoring stops at the first file that meets the rule (unless `eval.all_quants`): a larger file
     cannot change the choice, and each column costs minutes on a laptop.
     """
     intents: dict[str, float | None] = {"F16": f16_intent}
-    rows = {row["quant"]: row for row in export.get("quantizations", [])}
+    rows = {row["quant"]: row for row in export.quantizations}
     max_drop = config.export.max_intent_drop
-    forced = config.deploy.quant or (None if config.export.ship == "measured" else config.export.ship)
+    forced = forced_quant(config)
+    if forced and forced not in files:
+        shipped(export, None, forced)  # raises, naming the types the run has
     sizes = {q: str(p) for q, p in files.items()}
     for quant in [q for q in by_size(sizes) if q != "F16" and (q == forced or not forced or config.eval.all_quants)]:
         intents[quant] = run(Column(quant, quant, files[quant], decode, grammar))["metrics"]["intent_match"]
@@ -251,7 +281,7 @@ def _choose_and_score_quants(run, files, f16_intent, decode, grammar, config: Dm
                 "evaluated": q in intents,
             }
         )
-    return {"quant": quant, "reason": reason, "max_intent_drop": max_drop, "candidates": table}
+    return ShipRecord(quant=quant, reason=reason, max_intent_drop=max_drop, candidates=table)
 
 
 def play_session(runtime: Runtime, fmt: ChatFormat, n_ctx: int, config: DmforgeConfig, registry, decode, grammar):
@@ -272,12 +302,11 @@ def run_playtest(run_dir: Path, config: DmforgeConfig, registry: Registry, reuse
 
     Adds its summary to report.json and returns it.
     """
-    manifest = read_json(run_dir / "manifest.json", f"Train the run again: `dmforge finetune --run-dir {run_dir}`.")
-    export = read_json(run_dir / "gguf" / "export.json", f"Export it again: `dmforge export {run_dir}`.")
-    report = read_json_or_none(run_dir / "eval" / "report.json")
-    path = shipped(export, report, config.deploy.quant).path
-    fmt = ChatFormat(**manifest["chat_format"])
-    n_ctx = manifest.get("max_seq_len") or config.train.max_seq_len
+    manifest = read_manifest(run_dir)
+    report = read_eval(run_dir)
+    path = shipped(read_export(run_dir), report, forced_quant(config)).path
+    fmt = ChatFormat(**manifest.chat_format)
+    n_ctx = manifest.max_seq_len or config.train.max_seq_len
     decode = config.decode
     saved = run_dir / "eval" / "playtest.json"
     settings = {"file": path.name, "decode": decode.model_dump(), "n_ctx": n_ctx, "script": play.SCRIPT}
@@ -291,8 +320,9 @@ def run_playtest(run_dir: Path, config: DmforgeConfig, registry: Registry, reuse
         write_text(run_dir / "eval" / "playtest.md", play.transcript_markdown(path.name, played))
     summary = _playtest_summary(played, reused)
     if report is not None:
-        report["playtest"] = summary
-        write_reports(run_dir / "eval", report)
+        report.playtest = summary
+        write_eval(run_dir, report)
+        write_reports(run_dir / "eval", report.model_dump(mode="json"))
     return summary
 
 

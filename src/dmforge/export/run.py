@@ -11,24 +11,17 @@ from __future__ import annotations
 
 import json
 from collections.abc import Callable
-from dataclasses import dataclass
 from pathlib import Path
 
 from dmforge.errors import DmforgeError
 from dmforge.export import verify
 from dmforge.export.convert import convert_to_gguf
 from dmforge.export.quantize import QUANT_TYPES, export_types, fallback_share, quantize
-from dmforge.files import read_json, write_json
+from dmforge.models.resolve import sha256_file
+from dmforge.registry.runs import ExportReport, read_manifest, write_export
 from dmforge.training.chat import ChatFormat, template_messages
 
 FILE_STEM = "dungeon-master"
-
-
-@dataclass
-class ExportReport:
-    passed: bool
-    files: dict[str, Path]
-    report: dict
 
 
 def gguf_name(quant: str) -> str:
@@ -65,8 +58,7 @@ def export_run(
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
     merged = run_dir / "merged"
-    manifest_path = run_dir / "manifest.json"
-    if not (merged / "config.json").is_file() or not manifest_path.is_file():
+    if not (merged / "config.json").is_file() or not (run_dir / "manifest.json").is_file():
         raise DmforgeError(
             f"{run_dir} has no merged model. Run `dmforge finetune --run-dir {run_dir}` first.", exit_code=2
         )
@@ -75,8 +67,8 @@ def export_run(
         raise DmforgeError(
             f"Unknown quantization {', '.join(unknown)}. Choose from {', '.join(QUANT_TYPES)}.", exit_code=2
         )
-    manifest = read_json(manifest_path, f"Train the run again: `dmforge finetune --run-dir {run_dir}`.")
-    fmt = ChatFormat(**manifest["chat_format"])
+    manifest = read_manifest(run_dir)
+    fmt = ChatFormat(**manifest.chat_format)
     tokenizer = AutoTokenizer.from_pretrained(merged)
     out = run_dir / "gguf"
     budget = int(max_size_gb * 2**30)
@@ -148,18 +140,20 @@ def export_run(
         if row["fallback_share"] > 0.25
     ]
     passed = all(c["passed"] for c in checks)
-    report = {
-        "passed": passed,
-        "files": {q: str(p) for q, p in files.items()},
-        "checks": checks,
-        "quantizations": comparison,
-        "warnings": warnings,
-        "sample_reply": sample,
-        "chat_format": manifest["chat_format"],
-        "max_seq_len": manifest.get("max_seq_len"),
-        "requested": quants,
-        "types": types,
-        "max_size_gb": max_size_gb,
-    }
-    write_json(out / "export.json", report)
-    return ExportReport(passed, files, report)
+    report = ExportReport(
+        passed=passed,
+        files={q: str(p) for q, p in files.items()},
+        # What was verified, byte for byte: deploy refuses a file that no longer matches.
+        sha256={q: sha256_file(p) for q, p in files.items()},
+        checks=checks,
+        quantizations=comparison,
+        warnings=warnings,
+        sample_reply=sample,
+        chat_format=manifest.chat_format,
+        max_seq_len=manifest.max_seq_len,
+        requested=list(quants),
+        types=list(types),
+        max_size_gb=max_size_gb,
+    )
+    write_export(run_dir, report)
+    return report

@@ -15,6 +15,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from dmforge.errors import DmforgeError
+from dmforge.registry.runs import EvalReport, ExportReport
 
 
 @dataclass(frozen=True)
@@ -47,9 +48,19 @@ def measured_choice(files: dict[str, str], intents: dict[str, float | None], max
     raise DmforgeError("No exported file was evaluated, so none can be chosen to ship. Run `dmforge eval` first.")
 
 
-def shipped(export: dict, evaluation: dict | None, override: str | None = None) -> ShipChoice:
-    """The file that ships, from the export report and (for the measured rule) the evaluation report."""
-    files = export["files"]
+def forced_quant(config, override: str | None = None) -> str | None:
+    """The type the user named (--quant, `deploy.quant`, `export.ship`), or None for the measured choice."""
+    named = override or config.deploy.quant or (None if config.export.ship == "measured" else config.export.ship)
+    return named.upper() if named else None
+
+
+def shipped(export: ExportReport, evaluation: EvalReport | None, override: str | None = None) -> ShipChoice:
+    """The file that ships, from the export report and (for the measured rule) the evaluation report.
+
+    Evaluation records its choice with this rule; deploy, the playtest and the summary read it back
+    through this same function, so they can never disagree on which file it is.
+    """
+    files = export.files
     if override:
         quant = override.upper()
         if quant not in files:
@@ -59,9 +70,9 @@ def shipped(export: dict, evaluation: dict | None, override: str | None = None) 
                 exit_code=2,
             )
         return ShipChoice(quant, Path(files[quant]), f"{quant} was asked for")
-    choice = (evaluation or {}).get("ship")
-    if choice and choice.get("quant") in files:
-        return ShipChoice(choice["quant"], Path(files[choice["quant"]]), choice["reason"])
+    choice = evaluation.ship if evaluation else None
+    if choice and choice.quant in files:
+        return ShipChoice(choice.quant, Path(files[choice.quant]), choice.reason)
     raise DmforgeError(
         "Which file ships is decided by measurement (`dmforge eval` scores every exported file), and this run "
         "has not been evaluated yet. Run `dmforge eval RUN`, or name the file with --quant (for example Q8_0).",

@@ -38,11 +38,13 @@ from dmforge.models.catalog import CACTUS_ARCHITECTURES
 from dmforge.models.hardware import detect_hardware
 from dmforge.models.load import load_tokenizer
 from dmforge.models.resolve import resolve_base
+from dmforge.registry.runs import BaseRecord, RunManifest, scenario_hashes, write_manifest
 from dmforge.scenarios import check_paths
 from dmforge.tools.registry import Registry
 from dmforge.training.chat import build_samples, detect_chat_format, template_messages
 from dmforge.training.checkpoint import load_trainable_state
-from dmforge.training.loop import train_loop
+from dmforge.training.incremental import Lineage, incremental_samples, load_parent_adapter, scaled_steps
+from dmforge.training.loop import make_plan, train_loop
 from dmforge.training.lora import lora_model, merge_adapter
 from dmforge.training.plots import loss_curve_png, metrics_html
 from dmforge.training.preflight import run_preflight
@@ -59,6 +61,7 @@ RESUMABLE_KEYS = {
     "run_dir",
     "runs_root",
     "threads",
+    "replay_ratio",  # only an incremental run uses it, and its lineage records it
 }
 
 
@@ -80,14 +83,21 @@ def default_run_dir(config: DmforgeConfig) -> Path:
     return config.train.runs_root / f"{time.strftime('%Y%m%d-%H%M%S')}-{base_name(config)}"
 
 
-def run_identity(config: DmforgeConfig, corpus: str) -> dict:
-    """What a run trains on. Export, evaluation and deploy options are left out: they never change the weights."""
+def run_identity(config: DmforgeConfig, corpus: str, lineage: Lineage | None = None) -> dict:
+    """What a run trains on. Export, evaluation and deploy options are left out: they never change the weights.
+
+    An incremental run also names its parent version and the files it trains on: the same scenarios
+    trained from scratch are another run.
+    """
     data = json.loads(config.model_dump_json(include={"data", "model", "train"}))
     data["train"] = {k: v for k, v in data["train"].items() if k not in RESUMABLE_KEYS}
     data["data"].pop("out", None)
     # The reply budget decides the context windows the model trains on, so it is part of what is trained.
     data["decode"] = {"n_predict": config.decode.n_predict}
-    return {"config": data, "corpus": corpus}
+    identity = {"config": data, "corpus": corpus}
+    if lineage is not None:
+        identity["lineage"] = lineage.to_json() | {"replay_ratio": config.train.replay_ratio}
+    return identity
 
 
 def _check_resumable(run_dir: Path, identity: dict) -> None:
@@ -135,8 +145,13 @@ def finetune(
     registry: Registry,
     console: Console,
     announce: Callable[[str, str], None] | None = None,
+    lineage: Lineage | None = None,
 ) -> FinetuneResult:
-    """Build, preflight, train and merge. `announce(stage, detail)` marks where each stage starts."""
+    """Build, preflight, train and merge. `announce(stage, detail)` marks where each stage starts.
+
+    With a `lineage`, the run continues the parent version's adapter on the changed files plus a
+    replay sample (training/incremental.py).
+    """
     announce = announce or (lambda stage, detail: None)
     # The base is resolved first, so a wrong --base fails before anything is written.
     with console.status(f"loading base model {escape(config.model.base)}…"):
@@ -144,10 +159,12 @@ def finetune(
         tokenizer = load_tokenizer(base.path, config.model.chat_template)
     run_dir = default_run_dir(config)
     with hold_run_folder(run_dir, config.data.scenarios, console):
-        return _finetune_locked(config, registry, console, announce, base, tokenizer, run_dir)
+        return _finetune_locked(config, registry, console, announce, base, tokenizer, run_dir, lineage)
 
 
-def _finetune_locked(config, registry, console, announce, base, tokenizer, run_dir: Path) -> FinetuneResult:
+def _finetune_locked(
+    config, registry, console, announce, base, tokenizer, run_dir: Path, lineage: Lineage | None
+) -> FinetuneResult:
     t = config.train
     random.seed(t.seed)
     torch.manual_seed(t.seed)
@@ -157,7 +174,7 @@ def _finetune_locked(config, registry, console, announce, base, tokenizer, run_d
     # The identity is checked before the dataset is written: a run that cannot resume keeps its dataset.
     checked = check_paths([config.data.scenarios], registry, config.data.max_file_bytes)
     corpus = corpus_fingerprint(checked.scenarios, config.data)
-    identity = run_identity(config, corpus)
+    identity = run_identity(config, corpus, lineage)
     _check_resumable(run_dir, identity)
     stats, dataset_dir = build_dataset(
         config.data, registry, out=run_dir / "dataset", report=checked, in_run_folder=True
@@ -186,6 +203,25 @@ def _finetune_locked(config, registry, console, announce, base, tokenizer, run_d
     if t.loss_on == "all":  # every token is a target; the DM turns keep their spans for the call weights
         for sample in train:
             sample.labels = list(sample.input_ids)
+    incremental = None
+    if lineage is not None:
+        scenario_of = {c["id"]: c["scenario"] for c in conversations["train"]}
+        full, full_steps = len(train), make_plan(train, t).total_steps
+        train, new, replayed = incremental_samples(
+            train, [scenario_of[s.conversation] for s in train], set(lineage.changed), t.replay_ratio, t.seed
+        )
+        t = t.model_copy(update={"max_steps": scaled_steps(full_steps, len(train), full)})
+        incremental = lineage.to_json() | {
+            "new_samples": new,
+            "replayed_samples": replayed,
+            "full_samples": full,
+            "full_run_steps": full_steps,
+            "steps": t.max_steps,
+        }
+        console.print(
+            f"[bold]incremental[/] from {lineage.parent}: {len(lineage.changed)} added or changed file(s), "
+            f"{new} new sample(s) + {replayed} replayed of {full}; {t.max_steps} steps (a full run: {full_steps})"
+        )
     windowed = sum(s.windowed for s in train)
     stats_path = dataset_dir / "stats.json"
     stats_json = json.loads(stats_path.read_text())
@@ -217,6 +253,8 @@ def _finetune_locked(config, registry, console, announce, base, tokenizer, run_d
     console.print(f"[bold]device[/] {hardware.description}, {hardware.dtype_name}, {hardware.threads} threads")
     with console.status("attaching LoRA adapters…"):
         model = lora_model(base.path, t, hardware)
+    if lineage is not None:  # a checkpoint, when resuming, replaces these weights again
+        load_parent_adapter(model, Path(lineage.adapter))
     pad_id = tokenizer.pad_token_id
 
     preflight = None
@@ -295,6 +333,7 @@ def _finetune_locked(config, registry, console, announce, base, tokenizer, run_d
         "preflight": asdict(preflight) if preflight else None,
         "device": hardware.description,
         "dtype": hardware.dtype_name,
+        "incremental": incremental,
     }
     write_json(run_dir / "metrics.json", metrics)
     title = f"dmforge: {config.model.base} on {stats.scenarios['train']} scenarios"
@@ -314,17 +353,22 @@ def _finetune_locked(config, registry, console, announce, base, tokenizer, run_d
             "sample reply": sample["reply"],
         },
     )
-    write_json(
-        run_dir / "manifest.json",
-        {
-            "dmforge_version": __version__,
-            "base": {"spec": base.spec, "origin": base.origin, "path": str(base.path), "model_type": model_type},
-            "dataset": {"path": str(dataset_dir), "corpus_fingerprint": corpus},
-            "chat_format": asdict(fmt),
-            "max_seq_len": t.max_seq_len,
-            "adapter": str(run_dir / "adapter"),
-            "merged": str(merged),
-            "sample_reply": sample,
-        },
+    write_manifest(
+        run_dir,
+        RunManifest(
+            dmforge_version=__version__,
+            base=BaseRecord(spec=base.spec, origin=base.origin, path=str(base.path), model_type=model_type),
+            dataset={"path": str(dataset_dir), "corpus_fingerprint": corpus},
+            chat_format=asdict(fmt),
+            max_seq_len=t.max_seq_len,
+            adapter=str(run_dir / "adapter"),
+            merged=str(merged),
+            sample_reply=sample,
+            steps=state.step,
+            scenarios=scenario_hashes(checked.scenarios),
+            kind="incremental" if lineage else "full",
+            parent=lineage.parent if lineage else None,
+            incremental=incremental,
+        ),
     )
     return FinetuneResult(run_dir, merged, metrics)

@@ -1,0 +1,1 @@
+"""Run records, model versions, incremental lineage and the deploy quality gate."""

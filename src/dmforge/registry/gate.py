@@ -1,0 +1,57 @@
+"""The quality gate: a new version reaches the app only if it is not worse than the one already there.
+
+Both are measured on the same held-out turns with the same decoding (the deployed file is scored
+as a column of the new run's evaluation when the turns differ), and each gated metric of the new
+version may fall at most `deploy.gate_tolerance` below the deployed one's. A metric that one side
+could not measure (no held-out turn called a tool, so no validity) is shown and not gated.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+LABELS = {
+    "call_decision_accuracy": "call decision",
+    "intent_match": "intent match",
+    "exact_call_match": "exact call match",
+    "call_validity": "call validity",
+    "call_f1": "call F1",
+}
+
+
+@dataclass(frozen=True)
+class GateRow:
+    metric: str
+    old: float | None
+    new: float | None
+    passed: bool
+
+
+@dataclass(frozen=True)
+class GateVerdict:
+    against: str  # the deployed version's id
+    rows: tuple[GateRow, ...]
+    tolerance: float
+
+    @property
+    def passed(self) -> bool:
+        return all(r.passed for r in self.rows)
+
+    def table(self) -> str:
+        lines = [f"  {'metric':<20}{'deployed ' + self.against:>16}{'new':>10}{'':>4}"]
+        for r in self.rows:
+            mark = "ok" if r.passed else "WORSE"
+            lines.append(f"  {LABELS.get(r.metric, r.metric):<20}{_num(r.old):>16}{_num(r.new):>10}    {mark}")
+        return "\n".join(lines)
+
+
+def judge(new: dict, old: dict, metrics: list[str], tolerance: float, against: str) -> GateVerdict:
+    rows = []
+    for key in metrics:
+        a, b = old.get(key), new.get(key)
+        rows.append(GateRow(key, a, b, a is None or b is None or b >= a - tolerance - 1e-9))
+    return GateVerdict(against, tuple(rows), tolerance)
+
+
+def _num(value: float | None) -> str:
+    return "-" if value is None else f"{value:.3f}"
