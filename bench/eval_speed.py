@@ -35,8 +35,9 @@ TARGET_RATIO = 3.0
 def model_files(run: Path | None, base: str) -> tuple[Path, Path]:
     """(Hugging Face folder, F16 GGUF) of the same weights: a finished run's, or the base's."""
     if run is not None:
-        export = json.loads((run / "gguf" / "export.json").read_text())
-        return run / "merged", Path(export["files"]["F16"])
+        from dmforge.registry.runs import read_export
+
+        return run / "merged", Path(read_export(run).files["F16"])
     from dmforge.export.convert import base_gguf
     from dmforge.models.resolve import resolve_base
 

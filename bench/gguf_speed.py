@@ -41,8 +41,9 @@ def files_to_measure(run: Path | None, base: str, tiny: bool, scratch: Path) -> 
 
     files: dict[str, Path] = {}
     if run is not None:
-        export = json.loads((run / "gguf" / "export.json").read_text())
-        files.update({f"run {q}": Path(p) for q, p in export["files"].items()})
+        from dmforge.registry.runs import read_export
+
+        files.update({f"run {q}": Path(p) for q, p in read_export(run).files.items()})
     else:
         f16 = base_gguf(resolve_base(base).path)
         files["base F16"] = f16

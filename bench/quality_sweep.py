@@ -84,8 +84,9 @@ def run_variant(
     result = finetune(config, registry, console)
     train_seconds = time.monotonic() - started
     gguf = convert_to_gguf(run_dir / "merged", run_dir / "gguf" / "sweep-f16.gguf")
-    manifest = json.loads((run_dir / "manifest.json").read_text())
-    fmt = ChatFormat(**manifest["chat_format"])
+    from dmforge.registry.runs import read_manifest
+
+    fmt = ChatFormat(**read_manifest(run_dir).chat_format)
     from transformers import AutoTokenizer
 
     tokenizer = AutoTokenizer.from_pretrained(run_dir / "merged")

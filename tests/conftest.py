@@ -187,3 +187,25 @@ def finished_run(
     else:
         report.unlink(missing_ok=True)
     return run
+
+
+def model_run(model_dir: Path, run: Path, base_dir: Path | None = None) -> Path:
+    """A run folder around an existing model (`merged/`), with the manifest finetune writes: no training needed."""
+    import shutil
+
+    from dmforge.registry.runs import BaseRecord, RunManifest, write_manifest
+
+    shutil.copytree(model_dir, run / "merged")
+    write_manifest(
+        run,
+        RunManifest(
+            dmforge_version="test",
+            base=BaseRecord(spec="smollm2-135m", origin="test", path=str(base_dir or model_dir)),
+            dataset={},
+            chat_format=SMOLLM2_CHAT_FORMAT,
+            max_seq_len=1024,
+            adapter=str(run / "adapter"),
+            merged=str(run / "merged"),
+        ),
+    )
+    return run

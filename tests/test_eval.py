@@ -14,7 +14,7 @@ from pathlib import Path
 
 import pytest
 
-from conftest import CORPUS, ROOT, SMOLLM2_CHAT_FORMAT
+from conftest import CORPUS, ROOT, model_run
 
 pytestmark = pytest.mark.slow
 
@@ -23,17 +23,7 @@ pytestmark = pytest.mark.slow
 def exported_run(smollm2_base, tmp_path_factory):
     from dmforge.export.run import export_run
 
-    run = tmp_path_factory.mktemp("eval") / "run"
-    shutil.copytree(smollm2_base.path, run / "merged")
-    (run / "manifest.json").write_text(
-        json.dumps(
-            {
-                "base": {"spec": "smollm2-135m", "path": str(smollm2_base.path)},
-                "chat_format": SMOLLM2_CHAT_FORMAT,
-                "max_seq_len": 1024,
-            }
-        )
-    )
+    run = model_run(smollm2_base.path, tmp_path_factory.mktemp("eval") / "run")
     assert export_run(run, []).passed
     return run
 

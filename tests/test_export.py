@@ -9,7 +9,7 @@ from pathlib import Path
 
 import pytest
 
-from conftest import SMOLLM2_CHAT_FORMAT
+from conftest import model_run
 from dmforge.export.convert import converter_ready_config, stage_for_converter
 from dmforge.export.converter import extract_converter
 from dmforge.files import MARKER
@@ -63,25 +63,11 @@ def test_the_converter_is_extracted_from_the_sdist_only(tmp_path: Path):
 # --- slow: real conversions and llama.cpp -------------------------------------------------------
 
 
-def _run_from(model_dir: Path, run: Path) -> Path:
-    """A run folder around an existing model, as finetune leaves it (no training needed)."""
-    shutil.copytree(model_dir, run / "merged")
-    (run / "manifest.json").write_text(
-        json.dumps(
-            {
-                "chat_format": SMOLLM2_CHAT_FORMAT,
-                "max_seq_len": 1024,
-            }
-        )
-    )
-    return run
-
-
 @pytest.fixture(scope="module")
 def exported(smollm2_base, tmp_path_factory):
     from dmforge.export.run import export_run
 
-    run = _run_from(smollm2_base.path, tmp_path_factory.mktemp("export") / "run")
+    run = model_run(smollm2_base.path, tmp_path_factory.mktemp("export") / "run")
     return run, export_run(run, [])
 
 

@@ -7,37 +7,55 @@ base, the F16 export and the quantized files through llama.cpp on held-out DM tu
 DM text is clearly likelier after fine-tuning), the file chosen by the rule lands in a throwaway app
 with its decoding settings and grammar, the playtest runs past the context, and a second run resumes
 every finished stage instead of redoing it.
+
+Then the maintenance loop: three scenarios added to the corpus make an incremental version from the
+first in a fraction of its steps (`dmforge versions --json` shows both and the parent link), and an
+update trained to be bad (learning rate 0.5) is stopped by the quality gate with the app untouched.
 """
 
 from __future__ import annotations
 
 import json
+import shutil
 import subprocess
 from pathlib import Path
 
 import pytest
 import torch
+import yaml
 
 from conftest import ROOT
 from dmforge.pipeline import STAGES
 
+HELD_BACK = ("combat/ashgrave-kennels-hell-hounds.md", "social", "exploration")
+
+
+def _corpus_without_three(dest: Path) -> list[Path]:
+    """The sample corpus less three scenarios (one per category named above); returns the three, to add later."""
+    shutil.copytree(ROOT / "data" / "scenarios", dest)
+    held = []
+    for entry in HELD_BACK:
+        path = dest / entry if entry.endswith(".md") else sorted((dest / entry).glob("*.md"))[0]
+        held.append(path.rename(dest.parent / f"held-{path.parent.name}-{path.name}"))
+    return held
+
 
 @pytest.mark.slow
 def test_train_sh_runs_nine_stages_the_model_learns_and_a_rerun_resumes(tmp_path: Path):
-    run = tmp_path / "run"
+    runs = tmp_path / "runs"
+    run = runs / "smollm2-135m"
     app = tmp_path / "app"
     app.mkdir()
     (app / "package.json").write_text('{"name": "dnd-game"}')
-    command = [
-        "bash",
-        str(ROOT / "train.sh"),
-        "--config",
-        str(ROOT / "configs" / "quick.yaml"),
-        "--run-dir",
-        str(run),
-        "--app",
-        str(app),
-    ]
+    scenarios = tmp_path / "scenarios"
+    held = _corpus_without_three(scenarios)
+    config = yaml.safe_load((ROOT / "configs" / "quick.yaml").read_text())
+    config["train"]["runs_root"] = str(runs)
+    config["data"] = {"scenarios": str(scenarios)}
+    config_file = tmp_path / "quick.yaml"
+    config_file.write_text(yaml.safe_dump(config))
+    train_sh = ["bash", str(ROOT / "train.sh"), "--config", str(config_file)]
+    command = [*train_sh, "--app", str(app)]
     result = subprocess.run(command, cwd=tmp_path, capture_output=True, text=True, timeout=3000)
     output = result.stdout + result.stderr
     assert result.returncode == 0, output
@@ -122,6 +140,56 @@ def test_train_sh_runs_nine_stages_the_model_learns_and_a_rerun_resumes(tmp_path
     assert rerun.count("done already") == 7, rerun
     assert json.loads((run / "metrics.json").read_text())["steps"] == 40
     assert json.loads((run / "eval" / "report.json").read_text())["models"] == report["models"]
+
+    # Three scenarios added: an incremental version from v1, on the new files and a replay of the old ones.
+    app_before = {p: p.read_bytes() for p in (app / "assets" / "models").iterdir()}
+    for path in held:
+        path.rename(scenarios / path.name.removeprefix("held-"))
+    grown = subprocess.run(train_sh, cwd=tmp_path, capture_output=True, text=True, timeout=1800)
+    assert grown.returncode == 0, grown.stdout + grown.stderr
+    assert "an incremental run from v1: 3 file(s) added, 0 changed" in grown.stdout
+    listed = subprocess.run(
+        [
+            str(ROOT / ".venv" / "bin" / "dmforge"),
+            "versions",
+            "--json",
+            "--config",
+            str(config_file),
+            "--app",
+            str(app),
+        ],
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert listed.returncode == 0, listed.stderr
+    versions = {v["id"]: v for v in json.loads(listed.stdout)["versions"]}
+    assert set(versions) == {"v1", "v2"}
+    v1, v2 = versions["v1"], versions["v2"]
+    assert v1["kind"] == "full" and v1["parent"] is None and v1["steps"] == 40
+    assert v2["kind"] == "incremental" and v2["parent"] == "v1" and v2["run_dir"] != v1["run_dir"]
+    assert v2["steps"] <= 40 // 4, "three new files in a corpus of 158 take a small share of a full run's steps"
+    assert len(v2["scenarios"]) == len(v1["scenarios"]) + 3
+    for version in (v1, v2):
+        assert version["metrics"]["call_decision_accuracy"] is not None and len(version["gguf"]["sha256"]) == 64
+    assert set(v2["deltas"]) >= {"call_decision_accuracy", "intent_match", "exact_call_match"}
+    assert v1["deployed_to"] == [str(app.resolve())] and v2["deployed_to"] == []
+    v2_metrics = json.loads((Path(v2["run_dir"]) / "metrics.json").read_text())
+    assert v2_metrics["incremental"]["full_run_steps"] == 40 and v2_metrics["incremental"]["new_samples"] > 0
+    assert {p: p.read_bytes() for p in (app / "assets" / "models").iterdir()} == app_before, "no --app: not deployed"
+
+    # An update trained to be bad (learning rate 0.5) is measured against the app's v1 and stopped.
+    config["train"]["learning_rate"] = 0.5
+    config_file.write_text(yaml.safe_dump(config))
+    bad = subprocess.run(
+        [*train_sh, "--app", str(app), "--max-steps", "12"], cwd=tmp_path, capture_output=True, text=True, timeout=1800
+    )
+    out = bad.stdout + bad.stderr
+    assert bad.returncode == 3, out
+    assert "The quality gate stopped v3" in out and "so the app keeps v1" in out and "deployed v1" in out
+    assert {p: p.read_bytes() for p in (app / "assets" / "models").iterdir()} == app_before, "the app keeps v1"
+    gated = json.loads((runs / "versions.json").read_text())
+    assert gated["deployed"][str(app.resolve())] == "v1" and [v["id"] for v in gated["versions"]] == ["v1", "v2", "v3"]
 
 
 def test_package_json_train_script_calls_train_sh():

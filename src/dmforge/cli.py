@@ -335,6 +335,14 @@ def export_command(
         ),
     ] = None,
     max_size_gb: Annotated[float | None, typer.Option(help="Size budget per file, in GB.")] = None,
+    adapter: Annotated[
+        bool,
+        typer.Option(
+            "--adapter",
+            help="Also write the LoRA adapter as a GGUF and check base + adapter against the merged model "
+            "(always done with `deploy.mode: adapter`).",
+        ),
+    ] = False,
     as_json: Annotated[bool, typer.Option("--json", help="Print the verification report as JSON.")] = False,
     config_file: ConfigOption = None,
 ) -> None:
@@ -343,7 +351,13 @@ def export_command(
 
     config = load_config(config_file, {"export": {"quants": quant, "max_size_gb": max_size_gb}})
     with _run_lock(run, console):
-        result = export_run(run, config.export.quants, config.export.max_size_gb, None if as_json else console)
+        result = export_run(
+            run,
+            config.export.quants,
+            config.export.max_size_gb,
+            None if as_json else console,
+            adapter=adapter or config.deploy.mode == "adapter",
+        )
     if as_json:
         sys.stdout.write(json.dumps(result.model_dump(mode="json"), indent=2, default=str) + "\n")
     else:

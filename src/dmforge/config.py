@@ -258,7 +258,9 @@ class EvalConfig(_Section):
     greedy_column: bool = Field(True, description="Also score the shipped file with plain greedy decoding.")
 
 
-GateMetric = Literal["call_decision_accuracy", "intent_match", "exact_call_match", "call_validity", "call_f1"]
+GateMetric = Literal[
+    "call_decision_accuracy", "intent_match", "exact_call_match", "call_validity", "call_f1", "loop_rate"
+]
 
 
 class DeployConfig(_Section):
@@ -267,6 +269,12 @@ class DeployConfig(_Section):
     app: Path | None = Field(None, description="The React Native app's root folder; no deploy when unset.")
     quant: QuantName | None = Field(
         None, description="Deploy this exported file instead of the one `export.ship` picks."
+    )
+    mode: Literal["merged", "adapter"] = Field(
+        "merged",
+        description="`merged`: the app gets one GGUF with the adapter merged in. `adapter`: the base's F16 GGUF once, "
+        "and each version as a LoRA adapter GGUF of a few MB that Cactus applies at load (`lora_list`); the "
+        "export checks base + adapter against the merged model and the evaluation scores it (export/adapter.py).",
     )
     gate: bool = Field(
         True,
@@ -277,8 +285,8 @@ class DeployConfig(_Section):
         0.02, ge=0.0, le=1.0, description="How far a gated metric may fall below the deployed version's."
     )
     gate_metrics: list[GateMetric] = Field(
-        ["call_decision_accuracy", "intent_match", "exact_call_match", "call_validity"],
-        description="The metrics the gate compares (higher is better for each).",
+        ["call_decision_accuracy", "intent_match", "exact_call_match", "call_validity", "loop_rate"],
+        description="The metrics the gate compares (the loop rate must not rise; the others must not fall).",
     )
 
 

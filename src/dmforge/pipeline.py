@@ -38,7 +38,7 @@ from dmforge.config import DmforgeConfig
 from dmforge.dataset import corpus_fingerprint
 from dmforge.deploy import switch
 from dmforge.errors import DmforgeError
-from dmforge.export.ship import forced_quant, shipped
+from dmforge.export.ship import forced_quant, shipped, shipped_column
 from dmforge.files import newer_than, write_json, write_text
 from dmforge.locks import hold_run_folder
 from dmforge.registry.gate import GateVerdict, judge
@@ -184,7 +184,8 @@ def _exported(run_dir: Path, config: DmforgeConfig) -> ExportReport | None:
     same = export.requested == config.export.quants and export.max_size_gb == config.export.max_size_gb
     files_there = all(Path(f).is_file() for f in export.files.values())
     hashed = set(export.sha256) >= set(export.files)
-    return export if export.passed and same and files_there and hashed else None
+    adapter_ready = config.deploy.mode != "adapter" or export.adapter is not None
+    return export if export.passed and same and files_there and hashed and adapter_ready else None
 
 
 def _deployed_set(config: DmforgeConfig, run_dir: Path) -> switch.KeptSet | None:
@@ -254,7 +255,12 @@ def run_pipeline(
             progress.done_already("export.json records every check passed")
         else:
             export = export_run(
-                run_dir, config.export.quants, config.export.max_size_gb, console, announce=progress.announce
+                run_dir,
+                config.export.quants,
+                config.export.max_size_gb,
+                console,
+                announce=progress.announce,
+                adapter=config.deploy.mode == "adapter",
             )
             if not export.passed:
                 raise DmforgeError(
@@ -302,7 +308,7 @@ def run_pipeline(
 
         deployed = None
         verdict = None
-        version = register(config.train.runs_root, run_dir, forced_quant(config))
+        version = register(config.train.runs_root, run_dir, forced_quant(config), shipped_column(report, config))
         app = config.deploy.app
         progress.announce("deploy", f"into {escape(str(app))}" if app else "registering the version")
         progress.ok(
@@ -316,7 +322,7 @@ def run_pipeline(
             if deployed_set is not None:
                 old = report.models.get(_deployed_column(deployed_set)) or deployed_set.record.get("metrics") or {}
                 verdict = judge(
-                    report.models[choice.quant],
+                    report.models[shipped_column(report, config)],
                     old,
                     list(config.deploy.gate_metrics),
                     config.deploy.gate_tolerance,

@@ -26,7 +26,7 @@ from dmforge.config import DecodeConfig, DmforgeConfig
 from dmforge.deploy import switch
 from dmforge.deploy.typescript import typescript_module
 from dmforge.errors import DmforgeError
-from dmforge.export.ship import forced_quant, shipped
+from dmforge.export.ship import forced_quant, shipped, shipped_column
 from dmforge.models.resolve import sha256_file
 from dmforge.registry.runs import ExportReport, read_eval, read_export
 from dmforge.registry.versions import Version, load_versions, mark_deployed, register
@@ -110,7 +110,9 @@ def deploy(
     if not choice.path.is_file():
         raise DmforgeError(f"{choice.path} is missing. Run `dmforge export {run_dir}` again.")
     _check_verified(export, choice.quant, run_dir)
-    version = register(config.train.runs_root, run_dir, forced_quant(config, quant))
+    evaluation = read_eval(run_dir)
+    column = None if quant else shipped_column(evaluation, config)
+    version = register(config.train.runs_root, run_dir, forced_quant(config, quant), column)
     return _switch_to_version(app, version, config, registry)
 
 
@@ -165,19 +167,19 @@ def _switch_to_version(app: Path, version: Version, config: DmforgeConfig, regis
 def _kept_for(app: Path, version: Version, config: DmforgeConfig, registry: Registry) -> switch.KeptSet:
     """The version's set, kept in the app: made from its run folder when that still holds it, else the kept copy."""
     run_dir = Path(version.run_dir)
-    sha = version.gguf.sha256
-    name = f"{version.id}-{sha[:12]}"
+    mode = config.deploy.mode
     if not (run_dir / "gguf").is_dir():
-        kept = switch.read_kept(switch.kept_root(app) / name)
-        if kept is None:
+        kept = [k for k in switch.kept_sets(app) if k.version == version.id]
+        kept.sort(key=lambda k: k.record.get("mode", "merged") != mode)  # the configured mode first
+        if not kept:
             raise DmforgeError(
                 f"{version.id} is not kept in {app} and its run folder {run_dir} is gone, so it cannot be deployed. "
                 f"`dmforge versions --app {app}` lists the versions that can.",
                 exit_code=2,
             )
-        return kept
+        return kept[0]
     export = read_export(run_dir)
-    quant = version.gguf.quant
+    quant, sha = version.gguf.quant, version.gguf.sha256
     if export.sha256.get(quant) != sha:
         raise DmforgeError(
             f"{run_dir} was exported again after {version.id} was registered, so its {quant} file is no longer "
@@ -185,17 +187,22 @@ def _kept_for(app: Path, version: Version, config: DmforgeConfig, registry: Regi
             exit_code=2,
         )
     _check_verified(export, quant, run_dir)
-    path = Path(export.files[quant])
     mmproj = next((run_dir / "gguf").glob("mmproj*.gguf"), None)
-    values = app_values(export, config, registry, quant, version, path.stat().st_size, mmproj is not None)
+    if mode == "adapter":
+        models, expected, suffix = _adapter_files(export, run_dir)
+    else:
+        models, expected, suffix = {MODEL_NAME: Path(export.files[quant])}, {MODEL_NAME: sha}, sha[:12]
+    name = f"{version.id}-{suffix}"
+    values = app_values(export, config, registry, version, {n: (models[n], expected[n]) for n in models}, mmproj)
     texts = {"dungeon-master.json": json.dumps(values, indent=2, ensure_ascii=False) + "\n"}
     texts["dungeonMasterModel.ts"] = typescript_module(values)
-    files: dict = {MODEL_NAME: path, **texts}
+    files: dict = {**models, **texts}
     if mmproj is not None:  # a vision base's projector travels with the model
         files["dungeon-master-mmproj.gguf"] = mmproj
-    expected = {MODEL_NAME: sha} | {n: hashlib.sha256(t.encode()).hexdigest() for n, t in texts.items()}
+    expected |= {n: hashlib.sha256(t.encode()).hexdigest() for n, t in texts.items()}
     record = {
         "version": version.id,
+        "mode": mode,
         "files": expected,
         "base": version.base,
         "quant": quant,
@@ -206,11 +213,31 @@ def _kept_for(app: Path, version: Version, config: DmforgeConfig, registry: Regi
     return switch.keep_set(app, name, files, record)
 
 
+def _adapter_files(export: ExportReport, run_dir: Path) -> tuple[dict[str, Path], dict[str, str], str]:
+    """Adapter mode's model files (the base's F16 GGUF and the LoRA GGUF), their verified sha256, a set name."""
+    adapter = export.adapter
+    if adapter is None or not adapter.passed:
+        raise DmforgeError(
+            f"{run_dir} has no verified adapter GGUF, which `deploy.mode: adapter` ships. Export it with "
+            f"`deploy.mode: adapter` in the config (`dmforge export {run_dir}`), or deploy the merged model.",
+            exit_code=2,
+        )
+    for path, digest in ((adapter.file, adapter.sha256), (adapter.base_file, adapter.base_sha256)):
+        if not Path(path).is_file() or sha256_file(Path(path)) != digest:
+            raise DmforgeError(
+                f"{path} is missing or not the file that was verified with the adapter. Export {run_dir} again.",
+                exit_code=2,
+            )
+    files = {switch.BASE_NAME: Path(adapter.base_file), switch.ADAPTER_NAME: Path(adapter.file)}
+    expected = {switch.BASE_NAME: adapter.base_sha256, switch.ADAPTER_NAME: adapter.sha256}
+    return files, expected, f"adapter-{adapter.sha256[:12]}"
+
+
 def _result(app: Path, kept: switch.KeptSet, replaced: switch.KeptSet | None) -> DeployResult:
     values_file = kept.folder / "dungeon-master.json"  # an unversioned set may have none
     values = json.loads(values_file.read_text(encoding="utf-8")) if values_file.is_file() else {}
     return DeployResult(
-        model=app / switch.TARGETS[MODEL_NAME],
+        model=app / values.get("modelPath", switch.TARGETS[MODEL_NAME].as_posix()),
         config_json=app / switch.TARGETS["dungeon-master.json"],
         config_ts=app / TS_PATH,
         values=values,
@@ -224,18 +251,23 @@ def app_values(
     export: ExportReport,
     config: DmforgeConfig,
     registry: Registry,
-    quant: str,
     version: Version,
-    size: int,
-    has_mmproj: bool,
+    models: dict[str, tuple[Path, str]],
+    mmproj: Path | None,
 ) -> dict:
-    """What cactus.ts needs to run this version exactly as it was evaluated."""
+    """What cactus.ts needs to run this version exactly as it was evaluated.
+
+    `models` is the set's GGUF files (name → (file, sha256)): the merged model, or in adapter mode the
+    base and the LoRA adapter that `CactusLM.init` takes as `lora_list`.
+    """
     fmt = export.chat_format
     stop = [fmt["end_of_turn"]]
-    return {
-        "modelPath": (MODELS_DIR / MODEL_NAME).as_posix(),
-        "mmprojPath": (MODELS_DIR / "dungeon-master-mmproj.gguf").as_posix() if has_mmproj else None,
-        "androidAsset": f"models/{MODEL_NAME}",
+    adapter_mode = switch.ADAPTER_NAME in models
+    model_name = switch.BASE_NAME if adapter_mode else MODEL_NAME
+    values = {
+        "modelPath": (MODELS_DIR / model_name).as_posix(),
+        "mmprojPath": (MODELS_DIR / "dungeon-master-mmproj.gguf").as_posix() if mmproj else None,
+        "androidAsset": f"models/{model_name}",
         "n_ctx": export.max_seq_len or config.train.max_seq_len,
         "stop": stop,
         "jinja": True,
@@ -247,9 +279,18 @@ def app_values(
         "messageFraming": fmt.get("framing") or {},
         "replyHeaderTokens": fmt.get("reply_header", 0),
         "completion": completion_params(config.decode, stop, registry),
-        "quantization": quant,
+        "quantization": "F16 base + LoRA adapter" if adapter_mode else version.gguf.quant,
         "version": version.id,
-        "shippedBecause": version.gguf.reason,
-        "sha256": version.gguf.sha256,
-        "bytes": size,
+        "shippedBecause": "deploy.mode: adapter (base + adapter scored beside the merged files)"
+        if adapter_mode
+        else version.gguf.reason,
+        "sha256": models[model_name][1],
+        "bytes": models[model_name][0].stat().st_size,
     }
+    if adapter_mode:
+        # CactusLM.init({ model, lora_list: [{ path, scaled }] }): paths on the device, like `model` (see Android).
+        values["loraList"] = [{"path": (MODELS_DIR / switch.ADAPTER_NAME).as_posix(), "scaled": 1.0}]
+        values["androidLoraAssets"] = [f"models/{switch.ADAPTER_NAME}"]
+        values["loraSha256"] = models[switch.ADAPTER_NAME][1]
+        values["loraBytes"] = models[switch.ADAPTER_NAME][0].stat().st_size
+    return values

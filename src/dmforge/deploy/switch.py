@@ -41,9 +41,13 @@ from dmforge.models.resolve import sha256_file
 
 STATE_DIR = Path(".dmforge")
 MODEL_NAME = "dungeon-master.gguf"
+BASE_NAME = "dungeon-master-base.gguf"  # adapter mode: the base model, the same for every version
+ADAPTER_NAME = "dungeon-master-adapter.gguf"  # adapter mode: this version's LoRA adapter
 # A kept set's file → where it lives in the app.
 TARGETS = {
     MODEL_NAME: Path("assets") / "models" / MODEL_NAME,
+    BASE_NAME: Path("assets") / "models" / BASE_NAME,
+    ADAPTER_NAME: Path("assets") / "models" / ADAPTER_NAME,
     "dungeon-master.json": Path("assets") / "models" / "dungeon-master.json",
     "dungeonMasterModel.ts": Path("src") / "dmforge" / "dungeonMasterModel.ts",
     "dungeon-master-mmproj.gguf": Path("assets") / "models" / "dungeon-master-mmproj.gguf",
@@ -247,6 +251,8 @@ def switch(app: Path, kept: KeptSet) -> KeptSet | None:
     before = read_kept(kept_root(app) / state["current"]) if state["current"] else None
     if _app_has_files(app) and (before is None or not _matches(app, before)):
         before = _keep_unversioned(app)
+    elif before is not None and before.name == kept.name:
+        return None  # the app has exactly this set already (./train.sh run again): nothing to replace
     staging = state_dir(app) / "staging"
     shutil.rmtree(staging, ignore_errors=True)
     staging.mkdir(parents=True)

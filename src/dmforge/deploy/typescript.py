@@ -66,8 +66,13 @@ def typescript_module(values: dict) -> str:
         "//\n"
         "// In cactus.ts (cactus-react-native 0.2.x):\n"
         "//   const { lm, error } = await CactusLM.init({ model: absolutePathOf(dungeonMasterModel.modelPath),\n"
-        "//     n_ctx: dungeonMasterModel.n_ctx });\n"
-        "//   if (error || !lm) throw error;\n"
+        + (
+            "//     n_ctx: dungeonMasterModel.n_ctx,\n"
+            "//     lora_list: dungeonMasterModel.loraList.map((l) => ({ ...l, path: absolutePathOf(l.path) })) });\n"
+            if "loraList" in values
+            else "//     n_ctx: dungeonMasterModel.n_ctx });\n"
+        )
+        + "//   if (error || !lm) throw error;\n"
         "//   const reply = await lm.completion(dungeonMasterWindow(history, tokenCounts),\n"
         "//     { ...dungeonMasterModel.completion });\n"
         "// Android: copy dungeonMasterModel.androidAsset out of the APK to app storage first; CactusLM.init\n"

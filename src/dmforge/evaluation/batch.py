@@ -75,6 +75,9 @@ def batch_replies(
     ctx = lc.llama_init_from_model(runtime.llm.model, params)
     if not ctx:
         raise DmforgeError(f"llama.cpp could not make a context of {params.n_ctx} tokens for {runtime.path.name}.")
+    adapter = getattr(runtime.llm, "_lora_adapter", None)
+    if adapter:  # an adapter is set per context: this one must see it as the runtime's own does
+        lc.llama_set_adapter_lora(ctx, adapter, runtime.llm.lora_scale)
     batch = lc.llama_batch_init(max(CHUNK, parallel), 0, 1)
     results: list[list[Reply | None]] = [[None] * len(c) for c in conversations]
     queue = deque(i for i, c in enumerate(conversations) if c)

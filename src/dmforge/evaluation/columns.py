@@ -19,6 +19,7 @@ from dmforge.evaluation.metrics import aggregate, score_turn
 from dmforge.evaluation.runtime import Runtime, perplexity
 from dmforge.evaluation.turns import EvalTurn, by_conversation
 from dmforge.files import newer_than, read_json_or_none, write_json
+from dmforge.models.resolve import sha256_file
 from dmforge.tools.registry import Registry
 from dmforge.training.chat import Sample
 
@@ -32,6 +33,7 @@ class Column:
     path: Path
     decode: DecodeConfig
     grammar: str | None  # the tool-call grammar, when the decoding uses it
+    adapter: Path | None = None  # a LoRA adapter GGUF applied on top of `path` (adapter updates)
 
     @property
     def label(self) -> str:
@@ -60,6 +62,8 @@ class Column:
             "decode": self.decode.model_dump(),
             "grammar": grammar,
             "file": self.path.name,
+            # The adapter's bytes, not its name: a re-exported adapter keeps its name and must be scored again.
+            "adapter": sha256_file(self.adapter)[:16] if self.adapter else None,
         }
 
 
@@ -90,7 +94,7 @@ def score_column(
     on_reply=None,
 ) -> dict:
     """Generate every turn's reply with the column's file and decoding, score it, and measure perplexity."""
-    runtime = Runtime(column.path, n_ctx)
+    runtime = Runtime(column.path, n_ctx, column.adapter)
     groups = by_conversation(turns)
     prompts = [[t.prompt for t in group] for group in groups]
     replies = batch_replies(runtime, prompts, column.decode, column.grammar, on_reply=on_reply)

@@ -30,7 +30,7 @@ from dmforge.evaluation.columns import Column, cached, perplexity_samples, save_
 from dmforge.evaluation.report import write_reports
 from dmforge.evaluation.runtime import GREEDY, Runtime
 from dmforge.evaluation.turns import EvalTurn, eval_turns
-from dmforge.export.ship import by_size, forced_quant, measured_choice, passes, shipped
+from dmforge.export.ship import ADAPTER_COLUMN, by_size, forced_quant, measured_choice, passes, shipped
 from dmforge.files import newer_than, read_json_or_none, write_json, write_text
 from dmforge.registry.runs import (
     EvalReport,
@@ -185,6 +185,10 @@ def evaluate_run(
     with progress:
         run(Column("base", "base", base_gguf(Path(manifest.base.path)), decode, grammar))
         f16 = run(Column("F16", "F16", files["F16"], decode, grammar))
+        if config.deploy.mode == "adapter" and export.adapter is not None:
+            # What the app runs in adapter mode: the base's F16 GGUF with the LoRA GGUF applied at load.
+            base, lora = Path(export.adapter.base_file), Path(export.adapter.file)
+            run(Column(ADAPTER_COLUMN, "adapter", base, decode, grammar, adapter=lora))
         ship = _choose_and_score_quants(run, files, f16["metrics"]["intent_match"], decode, grammar, config, export)
         shipped_name = ship.quant
         free = Column(f"{shipped_name} no grammar", shipped_name, files[shipped_name], decode, None)

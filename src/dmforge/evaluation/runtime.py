@@ -50,7 +50,7 @@ class Reply:
 class Runtime:
     """One GGUF loaded in llama.cpp of the app's vintage, with the app's prompting and sampling."""
 
-    def __init__(self, path: Path, n_ctx: int):
+    def __init__(self, path: Path, n_ctx: int, adapter: Path | None = None):
         import llama_cpp
         from llama_cpp import Llama
 
@@ -65,12 +65,13 @@ class Runtime:
                 verbose=False,
                 n_threads=threads,
                 n_threads_batch=threads,
+                lora_path=str(adapter) if adapter else None,  # applied at scale 1, as Cactus's lora_list does
             )
         except Exception as exc:
             raise DmforgeError(
                 f"llama.cpp could not load {path}: {exc}. Export it again with `dmforge export`."
             ) from exc
-        self.path, self.n_ctx = path, n_ctx
+        self.path, self.n_ctx, self.adapter = path, n_ctx, adapter
         self.meta = gguf_metadata(path)
         self.vocab = llama_cpp.llama_model_get_vocab(self.llm.model)
         self._scorer = None
@@ -152,6 +153,7 @@ class Runtime:
                 verbose=False,
                 n_threads=threads,
                 n_threads_batch=threads,
+                lora_path=str(self.adapter) if self.adapter else None,
             )
         scorer = self._scorer
         scorer.reset()

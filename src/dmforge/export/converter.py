@@ -19,15 +19,20 @@ from dmforge.errors import DmforgeError
 from dmforge.files import staged_dir
 
 LLAMA_CPP_PYTHON = "0.3.9"  # keep equal to the runtime pinned in scripts/bootstrap.sh
-_MEMBERS = ("vendor/llama.cpp/convert_hf_to_gguf.py", "vendor/llama.cpp/gguf-py/")
+_MEMBERS = (
+    "vendor/llama.cpp/convert_hf_to_gguf.py",
+    "vendor/llama.cpp/convert_lora_to_gguf.py",  # LoRA adapter → GGUF, for adapter updates (export/adapter.py)
+    "vendor/llama.cpp/gguf-py/",
+)
+_SCRIPTS = ("convert_hf_to_gguf.py", "convert_lora_to_gguf.py")
 
 
 def converter_dir() -> Path:
     return Path(sys.prefix) / "share" / "dmforge" / f"llama.cpp-{LLAMA_CPP_PYTHON}"
 
 
-def converter_script() -> Path:
-    script = converter_dir() / "convert_hf_to_gguf.py"
+def converter_script(name: str = "convert_hf_to_gguf.py") -> Path:
+    script = converter_dir() / name
     if not script.is_file():
         raise DmforgeError(
             f"llama.cpp's GGUF converter (from llama-cpp-python {LLAMA_CPP_PYTHON}) is not installed. Run "
@@ -55,7 +60,7 @@ def extract_converter(sdist: Path, target: Path) -> None:
 
 def install_converter() -> Path:
     target = converter_dir()
-    if (target / "convert_hf_to_gguf.py").is_file():
+    if all((target / name).is_file() for name in _SCRIPTS):
         return target
     with tempfile.TemporaryDirectory() as tmp:
         command = [

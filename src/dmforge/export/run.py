@@ -18,7 +18,7 @@ from dmforge.export import verify
 from dmforge.export.convert import convert_to_gguf
 from dmforge.export.quantize import QUANT_TYPES, export_types, fallback_share, quantize
 from dmforge.models.resolve import sha256_file
-from dmforge.registry.runs import ExportReport, read_manifest, write_export
+from dmforge.registry.runs import ExportReport, manifest_path, read_manifest, write_export
 from dmforge.training.chat import ChatFormat, template_messages
 
 FILE_STEM = "dungeon-master"
@@ -52,13 +52,14 @@ def export_run(
     max_size_gb: float = 2.0,
     console=None,
     announce: Callable[[str, str], None] | None = None,
+    adapter: bool = False,
 ) -> ExportReport:
     """Convert, quantize and verify. `announce(stage, detail)` marks where export and verify start."""
     import torch
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
     merged = run_dir / "merged"
-    if not (merged / "config.json").is_file() or not (run_dir / "manifest.json").is_file():
+    if not (merged / "config.json").is_file() or not manifest_path(run_dir).is_file():
         raise DmforgeError(
             f"{run_dir} has no merged model. Run `dmforge finetune --run-dir {run_dir}` first.", exit_code=2
         )
@@ -139,6 +140,24 @@ def export_run(
         for row in comparison
         if row["fallback_share"] > 0.25
     ]
+    adapter_export = None
+    if adapter and all(c["passed"] for c in checks):
+        from dmforge.export.adapter import export_adapter
+
+        say("converting the LoRA adapter to GGUF and checking base + adapter against the merged F16 file…")
+        adapter_export = export_adapter(run_dir, Path(manifest.base.path), files["F16"], prompts)
+        checks.append(
+            {
+                "file": Path(adapter_export.file).name,
+                "quant": "adapter",
+                "name": "adapter_matches_merged_model",
+                "passed": adapter_export.passed,
+                "figures": adapter_export.parity,
+                "reason": ""
+                if adapter_export.passed
+                else f"base + adapter predicts unlike the merged model (KL {adapter_export.parity['kl']:.2e})",
+            }
+        )
     passed = all(c["passed"] for c in checks)
     report = ExportReport(
         passed=passed,
@@ -154,6 +173,7 @@ def export_run(
         requested=list(quants),
         types=list(types),
         max_size_gb=max_size_gb,
+        adapter=adapter_export,
     )
     write_export(run_dir, report)
     return report

@@ -48,6 +48,18 @@ def measured_choice(files: dict[str, str], intents: dict[str, float | None], max
     raise DmforgeError("No exported file was evaluated, so none can be chosen to ship. Run `dmforge eval` first.")
 
 
+ADAPTER_COLUMN = "base + adapter"  # the evaluation column of `deploy.mode: adapter` (export/adapter.py)
+
+
+def shipped_column(evaluation: EvalReport | None, config) -> str | None:
+    """The evaluation column that measured what the app will run: the shipped file's, or base + adapter."""
+    if evaluation is None:
+        return None
+    if config.deploy.mode == "adapter" and ADAPTER_COLUMN in evaluation.models:
+        return ADAPTER_COLUMN
+    return evaluation.ship.quant
+
+
 def forced_quant(config, override: str | None = None) -> str | None:
     """The type the user named (--quant, `deploy.quant`, `export.ship`), or None for the measured choice."""
     named = override or config.deploy.quant or (None if config.export.ship == "measured" else config.export.ship)

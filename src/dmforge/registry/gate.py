@@ -1,8 +1,9 @@
 """The quality gate: a new version reaches the app only if it is not worse than the one already there.
 
 Both are measured on the same held-out turns with the same decoding (the deployed file is scored
-as a column of the new run's evaluation when the turns differ), and each gated metric of the new
-version may fall at most `deploy.gate_tolerance` below the deployed one's. A metric that one side
+as a column of the new run's evaluation), and each gated metric of the new version may be at most
+`deploy.gate_tolerance` worse than the deployed one's (lower for the rates of good calls, higher for
+the loop rate). A metric that one side
 could not measure (no held-out turn called a tool, so no validity) is shown and not gated.
 """
 
@@ -16,7 +17,9 @@ LABELS = {
     "exact_call_match": "exact call match",
     "call_validity": "call validity",
     "call_f1": "call F1",
+    "loop_rate": "loop rate",
 }
+LOWER_IS_BETTER = {"loop_rate"}
 
 
 @dataclass(frozen=True)
@@ -49,7 +52,12 @@ def judge(new: dict, old: dict, metrics: list[str], tolerance: float, against: s
     rows = []
     for key in metrics:
         a, b = old.get(key), new.get(key)
-        rows.append(GateRow(key, a, b, a is None or b is None or b >= a - tolerance - 1e-9))
+        if a is None or b is None:
+            rows.append(GateRow(key, a, b, True))
+        elif key in LOWER_IS_BETTER:
+            rows.append(GateRow(key, a, b, b <= a + tolerance + 1e-9))
+        else:
+            rows.append(GateRow(key, a, b, b >= a - tolerance - 1e-9))
     return GateVerdict(against, tuple(rows), tolerance)
 
 

@@ -49,6 +49,20 @@ class RunManifest(_Record):
     incremental: dict | None = None
 
 
+class AdapterExport(_Record):
+    """The run's LoRA adapter as a GGUF for the base's F16 GGUF, and its parity with the merged export."""
+
+    file: str
+    bytes: int
+    sha256: str
+    base_file: str
+    base_bytes: int
+    base_sha256: str
+    merged_bytes: int
+    parity: dict
+    passed: bool
+
+
 class ExportReport(_Record):
     passed: bool
     files: dict[str, str]
@@ -62,6 +76,7 @@ class ExportReport(_Record):
     requested: list[str]
     types: list[str] = []
     max_size_gb: float
+    adapter: AdapterExport | None = None  # with deploy.mode: adapter (export/adapter.py)
 
     def failed(self) -> list[str]:
         return [f"{c['file']} {c['name']}: {c['reason']}" for c in self.checks if not c["passed"]]

@@ -134,11 +134,11 @@ def options_of(identity: dict) -> dict:
     return identity["config"]
 
 
-def register(runs_root: Path, run_dir: Path, ship_quant: str | None = None) -> Version:
+def register(runs_root: Path, run_dir: Path, ship_quant: str | None = None, column: str | None = None) -> Version:
     """Record the run as a version (a new number, or the same one updated when it was registered before).
 
     The run must have passed verification; its shipped file is the evaluation's choice unless
-    `ship_quant` names one.
+    `ship_quant` names one. Its metrics are that file's column, or `column` (base + adapter).
     """
     from dmforge.export.ship import shipped
 
@@ -156,7 +156,7 @@ def register(runs_root: Path, run_dir: Path, ship_quant: str | None = None) -> V
             f"`dmforge export {run_dir}`.",
             exit_code=2,
         )
-    metrics = evaluation.models.get(choice.quant, {}) if evaluation else {}
+    metrics = evaluation.models.get(column or choice.quant, {}) if evaluation else {}
     record = {
         "created": time.strftime("%Y-%m-%d %H:%M"),
         "run_dir": str(Path(run_dir).resolve()),
