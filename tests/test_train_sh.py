@@ -10,7 +10,7 @@ every finished stage instead of redoing it.
 
 Then the maintenance loop: three scenarios added to the corpus make an incremental version from the
 first in a fraction of its steps (`dmforge versions --json` shows both and the parent link), and an
-update trained to be bad (learning rate 0.5) is stopped by the quality gate with the app untouched.
+update trained to be bad (learning rate 0.05) is stopped by the quality gate with the app untouched.
 """
 
 from __future__ import annotations
@@ -118,7 +118,10 @@ def test_train_sh_runs_nine_stages_the_model_learns_and_a_rerun_resumes(tmp_path
     # Forty one-sample steps make the held-out DM text clearly likelier (about 35 -> 25 in perplexity);
     # asking for the right rolls takes the full recipe, which docs/model-quality.md measures.
     assert tuned["perplexity"] < 0.9 * base["perplexity"], (base, tuned)
-    assert tuned["call_validity"] in (None, 1.0), "the grammar makes every bracket a valid call"
+    # The grammar makes every bracket a valid call, in every reply the token limit did not cut short.
+    details = [json.loads(line) for line in (run / "eval" / "details.jsonl").read_text().splitlines()]
+    finished = [d["verdict"] for d in details if d["column"] == "F16" and d["stop"] != "length"]
+    assert finished and all(v["brackets"] == v["valid_brackets"] for v in finished)
 
     # The playtest plays the shipped file long enough for the context window to drop old turns.
     play = report["playtest"]
@@ -178,8 +181,9 @@ def test_train_sh_runs_nine_stages_the_model_learns_and_a_rerun_resumes(tmp_path
     assert v2_metrics["incremental"]["full_run_steps"] == 40 and v2_metrics["incremental"]["new_samples"] > 0
     assert {p: p.read_bytes() for p in (app / "assets" / "models").iterdir()} == app_before, "no --app: not deployed"
 
-    # An update trained to be bad (learning rate 0.5) is measured against the app's v1 and stopped.
-    config["train"]["learning_rate"] = 0.5
+    # An update trained to be bad (learning rate 0.05, fifty times the default) is measured against the app's
+    # v1 and stopped. (At 0.5 training diverges and the weights overflow F16: verification refuses it first.)
+    config["train"]["learning_rate"] = 0.05
     config_file.write_text(yaml.safe_dump(config))
     bad = subprocess.run(
         [*train_sh, "--app", str(app), "--max-steps", "12"], cwd=tmp_path, capture_output=True, text=True, timeout=1800

@@ -507,19 +507,25 @@ def versions_command(
     if not rows:
         console.print(f"No versions yet in {escape(str(config.train.runs_root))}: ./train.sh registers one per run.")
         return
-    table = Table(title=f"versions in {escape(str(config.train.runs_root))}", title_justify="left", header_style="bold")
-    for column in ("version", "date", "kind", "parent", "files", "GGUF", "deployed"):
-        table.add_column(column)
+    from rich import box
+
+    table = Table(
+        title=f"versions in {escape(str(config.train.runs_root))}",
+        title_justify="left",
+        header_style="bold",
+        box=box.SIMPLE,
+    )
+    for column in ("version", "date", "trained", "files", "GGUF", "deployed"):
+        table.add_column(column, no_wrap=True)
     keys = ("call_decision_accuracy", "intent_match", "exact_call_match", "call_validity", "loop_rate")
     for key in keys:
-        table.add_column(SHORT[key], justify="right")
+        table.add_column(SHORT[key], justify="right", no_wrap=True)
     for row in rows:
         gguf = row["gguf"]
         cells = [
             row["id"],
-            row["created"],
-            row["kind"],
-            row["parent"] or "-",
+            row["created"][5:],  # month-day hour:minute
+            "full" if row["kind"] == "full" else f"from {row['parent']}",
             str(len(row["scenarios"])),
             f"{gguf['quant']} {gguf['bytes'] / 2**20:.0f} MB",
             escape(", ".join(Path(a).name for a in row["deployed_to"])) or "-",
@@ -528,7 +534,7 @@ def versions_command(
             value, delta = row["metrics"].get(key), row["deltas"].get(key)
             text = "-" if value is None else f"{value:.3f}"
             if delta is not None:
-                text += f" ({delta:+.3f})"
+                text += f" {delta:+.3f}"
             cells.append(text)
         table.add_row(*cells)
     console.print(table)

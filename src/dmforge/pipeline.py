@@ -375,8 +375,8 @@ def gate_refusal(verdict: GateVerdict, version: Version, app: Path) -> str:
     worse = [r for r in verdict.rows if not r.passed]
     names = ", ".join(r.metric for r in worse)
     return (
-        f"The quality gate stopped {version.id}: it is worse than the app's {verdict.against} on {names} (more than "
-        f"{verdict.tolerance:.2f} below, on the same held-out turns), so the app keeps {verdict.against}.\n"
+        f"The quality gate stopped {version.id}: it is worse than the app's {verdict.against} on {names} (by more "
+        f"than {verdict.tolerance:.2f}, on the same held-out turns), so the app keeps {verdict.against}.\n"
         f"{verdict.table()}\n"
         f"{version.id} is kept as a version. Add or fix scenarios and run ./train.sh again, or deploy it anyway "
         f"with `dmforge deploy --version {version.id} --app {app}`."
@@ -432,14 +432,15 @@ def summary(result: PipelineResult) -> str:
     else:
         lines.append("  not deployed    add --app PATH (the app's root folder) to copy it into assets/models")
     names = list(models)
+    width = max(12, *(len(n) + 2 for n in names))
     lines.append(
         f"\nHeadline metrics on {report.turns} held-out DM turns, each file in llama.cpp with the app's decoding "
         f"({report.decoding.get('F16', '')}), and '{report.ship.quant} greedy' beside it; "
         f"{report.ship.quant} ships:"
     )
-    lines.append("  " + f"{'':<28}" + "".join(f"{n:>12}" for n in names))
+    lines.append("  " + f"{'':<28}" + "".join(f"{n:>{width}}" for n in names))
     for key, label in HEADLINE:
-        lines.append("  " + f"{label:<28}" + "".join(f"{_num(models[n].get(key), 3):>12}" for n in names))
+        lines.append("  " + f"{label:<28}" + "".join(f"{_num(models[n].get(key), 3):>{width}}" for n in names))
     return "\n".join(lines)
 
 

@@ -238,6 +238,10 @@ def check_logits(llm, model, tokenizer, prompts: list[str]) -> Check:
         else (
             "llama.cpp tokenizes the probe prompts differently"
             if not same_tokens
+            else "the GGUF's predictions are not finite numbers: the trained weights overflow F16, which happens "
+            "when training diverges (a validation loss far above the base's). Lower train.learning_rate and train "
+            "again"
+            if not np.isfinite(kl)
             else f"the GGUF's predictions differ from the trained model (KL {kl:.2e}, next token "
             f"{'same' if next_ok else 'different'})"
         )
