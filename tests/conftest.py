@@ -123,16 +123,7 @@ def finished_run(
     import json
 
     from dmforge.models.resolve import sha256_file
-    from dmforge.registry.runs import (
-        BaseRecord,
-        EvalReport,
-        ExportReport,
-        RunManifest,
-        ShipRecord,
-        write_eval,
-        write_export,
-        write_manifest,
-    )
+    from dmforge.registry.runs import BaseRecord, ExportReport, RunManifest, write_export, write_manifest
 
     (run / "gguf").mkdir(parents=True, exist_ok=True)
     (run / "adapter").mkdir(exist_ok=True)
@@ -172,18 +163,7 @@ def finished_run(
     report = run / "eval" / "report.json"
     if evaluated:
         scores = metrics or {"call_decision_accuracy": 0.7, "intent_match": 0.3, "exact_call_match": 0.1}
-        write_eval(
-            run,
-            EvalReport(
-                title="t",
-                run_dir=str(run),
-                source="the validation split",
-                turns=8,
-                n_ctx=1024,
-                models={"F16": scores, "Q4_K_M": scores},
-                ship=ShipRecord(quant="Q4_K_M", reason="the smallest that keeps F16's calls"),
-            ),
-        )
+        evaluated_run(run, {"F16": scores, "Q4_K_M": scores}, "Q4_K_M")
     else:
         report.unlink(missing_ok=True)
     return run
@@ -209,3 +189,19 @@ def model_run(model_dir: Path, run: Path, base_dir: Path | None = None) -> Path:
         ),
     )
     return run
+
+
+def evaluated_run(run: Path, models: dict[str, dict], ship: str) -> None:
+    """An eval report for `run` as the evaluation writes it: these columns, and `ship` chosen to ship."""
+    from dmforge.registry.runs import EvalReport, ShipRecord, write_eval
+
+    report = EvalReport(
+        title="t",
+        run_dir=str(run),
+        source="the validation split",
+        turns=8,
+        n_ctx=1024,
+        models=models,
+        ship=ShipRecord(quant=ship, reason="the smallest that keeps F16's calls"),
+    )
+    write_eval(run, report)

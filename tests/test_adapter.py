@@ -12,7 +12,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from conftest import SMOLLM2_CHAT_FORMAT, model_run
+from conftest import SMOLLM2_CHAT_FORMAT, evaluated_run, model_run
 
 pytestmark = pytest.mark.slow
 
@@ -118,7 +118,7 @@ def test_adapter_mode_deploys_the_base_once_and_the_version_as_an_adapter(adapte
     from dmforge.config import DmforgeConfig
     from dmforge.deploy.app import deploy
     from dmforge.export.adapter import export_adapter
-    from dmforge.registry.runs import EvalReport, ExportReport, ShipRecord, write_eval, write_export
+    from dmforge.registry.runs import ExportReport, write_export
     from dmforge.tools.registry import load_registry
 
     run, f16, tokenizer = adapter_run
@@ -140,18 +140,7 @@ def test_adapter_mode_deploys_the_base_once_and_the_version_as_an_adapter(adapte
         ),
     )
     scores = {"call_decision_accuracy": 0.6}
-    write_eval(
-        run,
-        EvalReport(
-            title="t",
-            run_dir=str(run),
-            source="s",
-            turns=4,
-            n_ctx=1024,
-            models={"F16": scores, "base + adapter": scores},
-            ship=ShipRecord(quant="F16", reason="r"),
-        ),
-    )
+    evaluated_run(run, {"F16": scores, "base + adapter": scores}, "F16")
     (run / "identity.json").write_text(json.dumps({"config": {}, "corpus": "c"}))
     app = tmp_path / "app"
     app.mkdir()
