@@ -106,13 +106,13 @@ def deploy(
             f"The export of {run_dir} failed verification ({'; '.join(export.failed())}); it is not deployed."
         )
     _check_app(app)
-    choice = shipped(export, read_eval(run_dir), forced_quant(config, quant))
+    evaluation, forced = read_eval(run_dir), forced_quant(config, quant)
+    choice = shipped(export, evaluation, forced)
     if not choice.path.is_file():
         raise DmforgeError(f"{choice.path} is missing. Run `dmforge export {run_dir}` again.")
     _check_verified(export, choice.quant, run_dir)
-    evaluation = read_eval(run_dir)
     column = None if quant else shipped_column(evaluation, config)
-    version = register(config.train.runs_root, run_dir, forced_quant(config, quant), column)
+    version = register(config.train.runs_root, run_dir, forced, column)
     return _switch_to_version(app, version, config, registry)
 
 
@@ -186,7 +186,7 @@ def _kept_for(app: Path, version: Version, config: DmforgeConfig, registry: Regi
             f"{version.id}'s. Deploy the run itself (`dmforge deploy {run_dir} --app {app}`), which registers it anew.",
             exit_code=2,
         )
-    _check_verified(export, quant, run_dir)
+    # No second hash of the source here: keep_set checks the copy against the verified sha256 it is given.
     mmproj = next((run_dir / "gguf").glob("mmproj*.gguf"), None)
     if mode == "adapter":
         models, expected, suffix = _adapter_files(export, run_dir)

@@ -164,7 +164,7 @@ def _app_has_files(app: Path) -> bool:
 
 
 def _matches(app: Path, kept: KeptSet) -> bool:
-    """The app's files are exactly this kept set (by size first, then sha256 of the small ones and the model)."""
+    """The app's files are exactly this kept set: the same files, each with the kept sha256."""
     for file_name, target in TARGETS.items():
         path, digest = Path(app) / target, kept.record["files"].get(file_name)
         if digest is None:
