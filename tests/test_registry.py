@@ -104,7 +104,7 @@ def test_custom_registry_file(tmp_path: Path):
         ("tools: [", "not valid YAML"),
         ("version: 1\nvocabularies: {}\ntools: {}\n", "missing skill"),
         (
-            "version: 1\nvocabularies: {skill: [], ability: [], condition: [], damage_type: []}\n"
+            "version: 1\nvocabularies: {skill: [a], ability: [b], condition: [c], damage_type: [d]}\n"
             "tools: {roll: {summary: x, positional: [{name: a, kinds: [colour]}]}}\n",
             "tools.roll.positional.0.kinds",
         ),
@@ -189,3 +189,44 @@ def test_huge_integers_are_out_of_range(registry):
 def test_a_call_with_thousands_of_arguments_is_one_problem(registry):
     problems = check_call(parse("[roll: " + ", ".join(["stealth"] * 5000) + "]"), registry)
     assert problems == ["`roll` is given 5,000 arguments; a call takes at most 16"]
+
+
+def _registry_with(tmp_path: Path, extra: str) -> Path:
+    text = (Path(__file__).parents[1] / "src/dmforge/tools/registry.yaml").read_text()
+    path = tmp_path / "tools.yaml"
+    path.write_text(text.replace("vocabularies:\n", "vocabularies:\n  inventory_action: [add, remove]\n") + extra)
+    return path
+
+
+def test_a_tool_can_bring_its_own_vocabulary(tmp_path: Path):
+    registry = load_registry(
+        _registry_with(
+            tmp_path,
+            "\n  inventory:\n    summary: Change the party's inventory.\n    positional:\n"
+            "      - {name: action, kinds: [inventory_action]}\n    keywords:\n      item: {kind: text, required: true}\n",
+        )
+    )
+    assert check_call(parse("[inventory: Add, item=rope]"), registry) == []
+    problems = check_call(parse("[inventory: ad, item=rope]"), registry)
+    assert problems == ["`ad` is not one of `add`, `remove` (the action of `inventory`). Did you mean `add`?"]
+
+
+@pytest.mark.parametrize(
+    ("extra", "line", "fragment", "shown"),
+    [
+        (
+            "\n  cast:\n    summary: x\n    positional:\n      - {name: spell, kinds: [spel]}\n",
+            125,
+            "`spel` is not",
+            "spel",
+        ),
+        ("\n  cast:\n    summary: x\n    flavour: red\n", 124, "tools.cast.flavour", "flavour"),
+        ("\n  cast: [\n", 122, "ends inside an unfinished entry", "cast: ["),
+    ],
+)
+def test_a_broken_registry_names_the_line(tmp_path: Path, extra, line, fragment, shown):
+    path = _registry_with(tmp_path, extra)
+    with pytest.raises(RegistryError, match=fragment) as info:
+        load_registry(path)
+    assert f"line {line}" in str(info.value)
+    assert shown in path.read_text().splitlines()[line - 1]

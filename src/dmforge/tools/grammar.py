@@ -49,8 +49,6 @@ def _integer(low: int | None, high: int | None) -> str:
 def _kind(kind: ArgKind, spec: KeywordSpec | None = None) -> str:
     """The rule (or inline expression) for one argument kind."""
     match kind:
-        case "skill" | "ability" | "condition" | "damage_type":
-            return f"vocab-{_rule_name(kind)}"
         case "save":
             return 'vocab-ability " save"'
         case "initiative":
@@ -65,7 +63,7 @@ def _kind(kind: ArgKind, spec: KeywordSpec | None = None) -> str:
             return _integer(spec.min if spec else None, spec.max if spec else None)
         case "text":
             return "text-value"
-    raise ValueError(kind)
+    return f"vocab-{_rule_name(kind)}"  # a vocabulary: the registry has checked that it exists
 
 
 def _flag_groups(spec: ToolSpec) -> list[list[str]]:
@@ -135,7 +133,7 @@ def registry_grammar(registry: Registry, lazy: bool = False) -> str:
     ]
     for name in sorted(registry.tools):
         lines.append(f"tool-{_rule_name(name)} ::= {_tool_rule(name, registry.tools[name])}")
-    for kind in ("skill", "ability", "condition", "damage_type"):
+    for kind in sorted(registry.vocabularies):
         lines.append(f"vocab-{_rule_name(kind)} ::= {_alternatives(registry.vocabularies[kind])}")
     lines += [
         f"text-value ::= [^\\[\\]=,\\n ] [^\\[\\]=,\\n]{{0,{TEXT_MAX - 1}}}",

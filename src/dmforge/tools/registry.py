@@ -20,20 +20,20 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_valida
 
 from dmforge.tools.syntax import ToolCall
 
-ArgKind = Literal[
-    "skill",
-    "ability",
-    "save",
-    "initiative",
-    "death_save",
-    "condition",
-    "damage_type",
-    "dice",
-    "dice_or_number",
-    "integer",
-    "text",
-]
-VOCABULARY_KINDS = ("skill", "ability", "condition", "damage_type")
+# The kinds with a rule of their own; every other kind is the name of a list in `vocabularies`, so a
+# new tool can bring its own words (`inventory_action: [add, remove, drop]`) without code.
+BUILTIN_KINDS = ("save", "initiative", "death_save", "dice", "dice_or_number", "integer", "text")
+VOCABULARY_KINDS = ("skill", "ability", "condition", "damage_type")  # the 5e lists every registry has
+ArgKind = str  # a name from BUILTIN_KINDS or from the registry's vocabularies
+VOCABULARY_NAME = re.compile(r"[a-z][a-z0-9_]*")
+
+
+class PlacedError(ValueError):
+    """A rule across the registry broken at a known place (`loc`, as in pydantic), so the error names its line."""
+
+    def __init__(self, message: str, loc: tuple[str, ...]):
+        super().__init__(message)
+        self.loc = loc
 
 
 class _Strict(BaseModel):
@@ -67,11 +67,46 @@ class Registry(_Strict):
     tools: dict[str, ToolSpec]
 
     @model_validator(mode="after")
-    def _vocabularies_present(self) -> Registry:
+    def _kinds_known(self) -> Registry:
         missing = [kind for kind in VOCABULARY_KINDS if kind not in self.vocabularies]
         if missing:
             raise ValueError(f"vocabularies is missing {', '.join(missing)}")
+        for name, words in self.vocabularies.items():
+            if not VOCABULARY_NAME.fullmatch(name) or name in BUILTIN_KINDS:
+                raise PlacedError(
+                    f"`{name}` cannot name a vocabulary: use lowercase letters, digits and `_`, and none of "
+                    f"{', '.join(BUILTIN_KINDS)}",
+                    ("vocabularies", name),
+                )
+            if not words or any(not str(w).strip() or str(w) != _fold(str(w)) for w in words):
+                raise PlacedError(
+                    f"vocabulary `{name}` needs at least one word, each lowercase with single spaces",
+                    ("vocabularies", name),
+                )
+        known = set(BUILTIN_KINDS) | set(self.vocabularies)
+        for tool, spec in self.tools.items():
+            kinds = [
+                (f"positional `{s.name}`", k, ("tools", tool, "positional", str(i), "kinds"))
+                for i, s in enumerate(spec.positional)
+                for k in s.kinds
+            ]
+            kinds += [
+                (f"keyword `{key}`", kw.kind, ("tools", tool, "keywords", key)) for key, kw in spec.keywords.items()
+            ]
+            for where, kind, loc in kinds:
+                if kind not in known:
+                    close = difflib.get_close_matches(kind, sorted(known), n=1)
+                    tip = f" Did you mean `{close[0]}`?" if close else ""
+                    raise PlacedError(
+                        f"tool `{tool}`, {where}: `{kind}` is not a kind.{tip} Kinds are {', '.join(BUILTIN_KINDS)}, "
+                        f"or the name of a list under `vocabularies` ({', '.join(sorted(self.vocabularies))})",
+                        loc,
+                    )
         return self
+
+    def words(self, kind: ArgKind) -> list[str] | None:
+        """The allowed words of a vocabulary kind; None for a kind with a rule of its own."""
+        return None if kind in BUILTIN_KINDS else self.vocabularies.get(kind)
 
     def names(self) -> list[str]:
         return sorted(self.tools)
@@ -97,11 +132,45 @@ def load_registry(path: Path | None = None) -> Registry:
     except OSError as exc:
         raise RegistryError(f"cannot read the tool registry {label}: {exc.strerror}") from exc
     except yaml.YAMLError as exc:
-        raise RegistryError(f"the tool registry {label} is not valid YAML: {exc}") from exc
+        mark = getattr(exc, "problem_mark", None)
+        at = f", line {mark.line + 1}" if mark is not None else ""
+        problem = getattr(exc, "problem", None) or str(exc)
+        if mark is not None and mark.index >= len(text.rstrip()):
+            # Found only at the end of the file: the entry left open is on the last line that has text.
+            at = f", line {len(text.rstrip().splitlines())}"
+            problem = "the file ends inside an unfinished entry (an unclosed `[`, `{` or quote?)"
+        raise RegistryError(f"the tool registry {label}{at} is not valid YAML: {problem}") from exc
     except ValidationError as exc:
         first = exc.errors()[0]
-        where = ".".join(str(p) for p in first["loc"])
-        raise RegistryError(f"the tool registry {label} is invalid at `{where}`: {first['msg']}") from exc
+        placed = (first.get("ctx") or {}).get("error")
+        loc = placed.loc if isinstance(placed, PlacedError) else tuple(str(p) for p in first["loc"])
+        message = str(placed) if isinstance(placed, PlacedError) else first["msg"]
+        line = yaml_line(text, loc)
+        at = f", line {line}" if line else ""
+        where = f" at `{'.'.join(loc)}`" if loc else ""
+        raise RegistryError(f"the tool registry {label}{at} is invalid{where}: {message}") from exc
+
+
+def yaml_line(text: str, loc: tuple[str, ...]) -> int | None:
+    """The 1-based line of the YAML node at `loc` (keys and list indexes), or of the deepest one that exists."""
+    try:
+        node = yaml.compose(text)
+    except yaml.YAMLError:
+        return None
+    line = None
+    for part in loc:
+        if node is None:
+            break
+        line = node.start_mark.line + 1
+        if isinstance(node, yaml.MappingNode):
+            node = next((v for k, v in node.value if str(k.value) == part), None)
+        elif isinstance(node, yaml.SequenceNode) and part.isdigit() and int(part) < len(node.value):
+            node = node.value[int(part)]
+        else:
+            node = None
+    if node is not None:
+        line = node.start_mark.line + 1
+    return line
 
 
 def _fold(value: str) -> str:
@@ -184,8 +253,6 @@ def _is_int(value: str) -> bool:
 def matches_kind(value: str, kind: ArgKind, registry: Registry) -> bool:
     folded = _fold(value)
     match kind:
-        case "skill" | "ability" | "condition" | "damage_type":
-            return folded in registry.vocabularies[kind]
         case "save":
             ability, _, word = folded.rpartition(" ")
             return word == "save" and ability in registry.vocabularies["ability"]
@@ -201,17 +268,17 @@ def matches_kind(value: str, kind: ArgKind, registry: Registry) -> bool:
             return _is_int(folded)
         case "text":
             return bool(folded)
-    return False
+    return folded in (registry.words(kind) or ())
 
 
 _KIND_WORDS = {
     "skill": "a skill",
     "ability": "an ability",
+    "condition": "a 5e condition",
+    "damage_type": "a 5e damage type",
     "save": "a saving throw such as `dexterity save`",
     "initiative": "`initiative`",
     "death_save": "`death save`",
-    "condition": "a 5e condition",
-    "damage_type": "a 5e damage type",
     "dice": "a dice expression such as `2d6+3`",
     "dice_or_number": "a dice expression or a whole number",
     "integer": "a whole number",
@@ -219,11 +286,20 @@ _KIND_WORDS = {
 }
 
 
+def kind_words(kind: ArgKind, registry: Registry) -> str:
+    """How a message names what a kind accepts: `a skill`, or a user vocabulary's words."""
+    if kind in _KIND_WORDS:
+        return _KIND_WORDS[kind]
+    words = registry.words(kind) or []
+    shown = ", ".join(f"`{w}`" for w in words[:8]) + (", …" if len(words) > 8 else "")
+    return f"one of {shown}"
+
+
 def _suggestion(value: str, kinds: list[ArgKind], registry: Registry) -> str:
     words: list[str] = []
     for kind in kinds:
-        if kind in VOCABULARY_KINDS:
-            words += registry.vocabularies[kind]
+        if (vocabulary := registry.words(kind)) is not None:
+            words += vocabulary
         elif kind == "save":
             words += [f"{a} save" for a in registry.vocabularies["ability"]]
     if len(value) > 64:  # no misspelling of a vocabulary word is this long, and difflib is slow on long text
@@ -256,12 +332,12 @@ def check_call(call: ToolCall, registry: Registry) -> list[str]:
     for slot in spec.positional:
         if not values:
             if slot.required:
-                expected = " or ".join(_KIND_WORDS[k] for k in slot.kinds)
+                expected = " or ".join(kind_words(k, registry) for k in slot.kinds)
                 problems.append(f"`{call.name}` needs {expected} as its {slot.name}")
             continue
         value = values.pop(0)
         if not any(matches_kind(value, kind, registry) for kind in slot.kinds):
-            expected = " or ".join(_KIND_WORDS[k] for k in slot.kinds)
+            expected = " or ".join(kind_words(k, registry) for k in slot.kinds)
             if note := _dice_note(value, slot.kinds):
                 problems.append(
                     f"`{_clip(value)}` (the {slot.name} of `{call.name}`) is outside the dice limits: {note}"
@@ -298,7 +374,9 @@ def check_call(call: ToolCall, registry: Registry) -> list[str]:
             if note := _dice_note(value, (kw.kind,)):
                 problems.append(f"`{shown}` is outside the dice limits: {note}")
             else:
-                problems.append(f"`{shown}` is not {_KIND_WORDS[kw.kind]}." + _suggestion(value, [kw.kind], registry))
+                problems.append(
+                    f"`{shown}` is not {kind_words(kw.kind, registry)}." + _suggestion(value, [kw.kind], registry)
+                )
         elif kw.kind == "integer" and not _within(value, kw.min, kw.max):
             problems.append(f"`{_clip(f'{key}={value}')}` is outside {kw.min}..{kw.max}")
     for key, kw in spec.keywords.items():
