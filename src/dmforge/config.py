@@ -332,8 +332,16 @@ def _explain(exc: ValidationError, source: str) -> DmforgeError:
     return DmforgeError(f"The config in {source} is invalid: " + " ".join(lines))
 
 
+# The project's own config, read when no other file is named: `dmforge tools add` writes it, and
+# `./train.sh` then trains with it without a `--config`.
+PROJECT_CONFIG = Path("dmforge.yaml")
+
+
 def load_config(path: Path | None = None, overrides: dict[str, dict[str, Any]] | None = None) -> DmforgeConfig:
-    """The config from `path` (or the defaults) with command-line `overrides` applied, validated."""
+    """The config from `path` (else ./dmforge.yaml if there is one, else the defaults) with command-line
+    `overrides` applied, validated."""
+    if path is None and PROJECT_CONFIG.is_file():
+        path = PROJECT_CONFIG
     data = _read_file(path) if path else {}
     for section, values in (overrides or {}).items():
         data.setdefault(section, {})

@@ -197,8 +197,8 @@ _RULES = [
         "tool-unknown",
         Severity.ERROR,
         "a tool name that is not in the tool registry",
-        "Fix the name, or add the tool to the registry (`dmforge/tools/registry.yaml` or your "
-        "`data.tool_registry` file).",
+        "Fix the name, or register the tool: `dmforge tools scan` proposes an entry from its uses and "
+        "`dmforge tools add NAME` writes it into your registry.",
     ),
     Rule(
         "tool-bad-arguments",

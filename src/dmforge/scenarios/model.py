@@ -30,6 +30,7 @@ class Turn:
     line: int  # the line of the section heading, 1-based
     speaker: str | None = None  # "Thorin" for a User turn written "Thorin: I creep up..."
     calls: list[ToolCall] = field(default_factory=list)  # DM turns: the calls, in order
+    call_lines: list[int] = field(default_factory=list)  # the file line of each call, 1-based
     results: list[ToolResult] = field(default_factory=list)  # TOOLCALL turns
 
 

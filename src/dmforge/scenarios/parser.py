@@ -353,8 +353,11 @@ def _clip(text: str, width: int = 60) -> str:
     return text if len(text) <= width else text[: width - 1] + "…"
 
 
-def _dm_calls(section: _Section, text: str, registry: Registry, file: str, diags: DiagnosticLog) -> list[ToolCall]:
-    calls = []
+def _dm_calls(
+    section: _Section, text: str, registry: Registry, file: str, diags: DiagnosticLog
+) -> tuple[list[ToolCall], list[int]]:
+    """The turn's well-formed calls and the file line of each, with a diagnostic for every other bracket."""
+    calls, lines = [], []
     base = section.first_line
     # A real DM turn makes a few calls; a hostile one can hold a million brackets, each a diagnostic.
     brackets = text.count("[")
@@ -373,6 +376,7 @@ def _dm_calls(section: _Section, text: str, registry: Registry, file: str, diags
             case BracketKind.CALL:
                 assert bracket.call is not None
                 calls.append(bracket.call)
+                lines.append(line)
                 if bracket.call.name not in registry.tools:
                     close = _close_match(bracket.call.name, registry.names(), cutoff=0.6)
                     diags.add(
@@ -397,7 +401,7 @@ def _dm_calls(section: _Section, text: str, registry: Registry, file: str, diags
                 if NAME.fullmatch(name.strip().lower()) and name.strip().lower() in registry.tools:
                     hint = f"Tool names are lowercase: write `{_clip(lowered)}`."
                 diags.add("call-not-a-call", file, line, f"`{shown}` is not a tool call", hint=hint)
-    return calls
+    return calls, lines
 
 
 def _toolcall_results(
@@ -556,7 +560,7 @@ def _add_turn(
         if m := _SPEAKER.match(body):
             turn.speaker = m["name"].strip()
     elif kind is TurnKind.DM:
-        turn.calls = _dm_calls(section, body, registry, file, diags)
+        turn.calls, turn.call_lines = _dm_calls(section, body, registry, file, diags)
     elif previous is None or previous.kind is TurnKind.USER or (previous.kind is TurnKind.DM and not previous.calls):
         what = (
             "comes first"
