@@ -1,5 +1,7 @@
 from __future__ import annotations
 
+import shutil
+import subprocess
 import textwrap
 from pathlib import Path
 
@@ -53,6 +55,51 @@ VALID = textwrap.dedent(
 @pytest.fixture(scope="session")
 def registry():
     return load_registry()
+
+
+@pytest.fixture(scope="session")
+def tsc() -> Path:
+    """TypeScript's own compiler, for the app's generated modules: the path of its `tsc` script (run it with
+    `node`), installed once into the repository's node_modules (git ignores it). Skips without Node.js.
+
+    No @types/node: tsc run from the repository would load it into every compile, three seconds each on two
+    cores; the TypeScript tests declare the few Node APIs they use.
+    """
+    if shutil.which("node") is None or shutil.which("npm") is None:
+        pytest.skip("Node.js is not installed; CI has it")
+    compiler = ROOT / "node_modules" / "typescript" / "bin" / "tsc"
+    if not compiler.is_file():
+        subprocess.run(
+            ["npm", "install", "--no-save", "--no-audit", "--no-fund", "--silent", "typescript@5.6.3"],
+            cwd=ROOT,
+            check=True,
+            timeout=300,
+        )
+    return compiler
+
+
+def sample_app_values(**overrides) -> dict:
+    """The values `dmforge deploy` writes for the app (deploy/app.py:app_values), with the default config's real
+    completion parameters and system template, and no GGUF behind them."""
+    from dmforge.config import DmforgeConfig
+    from dmforge.deploy.app import completion_params
+
+    config = DmforgeConfig()
+    stop = [SMOLLM2_CHAT_FORMAT["end_of_turn"]]
+    values = {
+        "modelPath": "assets/models/dungeon-master.gguf",
+        "n_ctx": 2048,
+        "stop": stop,
+        "jinja": True,
+        "toolResultRole": "tool",
+        "toolResultPrefix": "",
+        "systemTemplate": config.data.system_template,
+        "defaultSystemPrompt": config.data.system_prompt,
+        "messageFraming": SMOLLM2_CHAT_FORMAT["framing"],
+        "replyHeaderTokens": SMOLLM2_CHAT_FORMAT["reply_header"],
+        "completion": completion_params(config.decode, stop, load_registry()),
+    }
+    return values | overrides
 
 
 def parse_text(text: str, category: str = "general"):

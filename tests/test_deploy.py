@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import hashlib
 import json
 import os
 import signal
@@ -24,6 +25,7 @@ from dmforge.tools.registry import load_registry
 MODEL = Path("assets/models/dungeon-master.gguf")
 VALUES = Path("assets/models/dungeon-master.json")
 TS = Path("src/dmforge/dungeonMasterModel.ts")
+TOOLS = Path("src/dmforge/dmTools.ts")
 
 
 def _config(tmp_path: Path, **sections) -> DmforgeConfig:
@@ -47,7 +49,7 @@ def _app(tmp_path: Path) -> Path:
 
 
 def _app_set(app: Path) -> dict[str, bytes]:
-    return {str(p): (app / p).read_bytes() for p in (MODEL, VALUES, TS) if (app / p).exists()}
+    return {str(p): (app / p).read_bytes() for p in (MODEL, VALUES, TS, TOOLS) if (app / p).exists()}
 
 
 def test_deploy_writes_the_model_and_the_config(tmp_path: Path):
@@ -73,6 +75,12 @@ def test_deploy_writes_the_model_and_the_config(tmp_path: Path):
     assert "export const dungeonMasterModel = {" in ts and '"modelPath": "assets/models/dungeon-master.gguf"' in ts
     assert "Android" in ts and "const { lm, error } = await CactusLM.init(" in ts
     assert "export function dungeonMasterWindow" in ts
+    # The tool contract travels with the model: dmTools.ts beside it, made from the registry, kept and hashed.
+    tools = (app / TOOLS).read_text()
+    assert "import { dungeonMasterModel, dungeonMasterWindow } from './dungeonMasterModel';" in tools
+    assert "export async function runDmTurn(" in tools and '"perception"' in tools
+    kept_files = json.loads((result.kept / "kept.json").read_text())["files"]
+    assert kept_files["dmTools.ts"] == hashlib.sha256((app / TOOLS).read_bytes()).hexdigest()
     assert (app / values["modelPath"]).is_file(), "the modelPath written resolves inside the app"
     # The set is kept outside the bundle, and nothing but the model and its values is in assets/.
     assert result.kept.parent == app / ".dmforge" / "versions" and (result.kept / "dungeon-master.gguf").is_file()

@@ -230,3 +230,11 @@ def test_a_broken_registry_names_the_line(tmp_path: Path, extra, line, fragment,
         load_registry(path)
     assert f"line {line}" in str(info.value)
     assert shown in path.read_text().splitlines()[line - 1]
+
+
+def test_dice_validity_does_not_depend_on_what_was_checked_before(registry):
+    # d20.parse caches trees under the text with its spaces removed; dmforge must not inherit that.
+    assert check_call(parse("[damage: 1d6]"), registry) == []
+    assert check_call(parse("[damage: 1 d6]"), registry) != []
+    assert check_call(parse("[damage: 4d6kh3]"), registry) == []
+    assert check_call(parse("[damage: 4d6 kh3]"), registry) != []

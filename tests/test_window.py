@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import json
-import shutil
 import subprocess
 
 import pytest
@@ -32,22 +31,6 @@ def test_context_window_keeps_the_system_message():
 def test_mismatched_lengths_are_refused():
     with pytest.raises(ValueError):
         window_start(["system", "user"], [1], 10)
-
-
-@pytest.fixture(scope="session")
-def tsc():
-    """TypeScript's own compiler (installed once into node_modules, which git ignores)."""
-    if shutil.which("node") is None or shutil.which("npm") is None:
-        pytest.skip("Node.js is not installed; CI has it")
-    compiler = ROOT / "node_modules" / "typescript" / "bin" / "tsc"
-    if not compiler.is_file():
-        subprocess.run(
-            ["npm", "install", "--no-save", "--no-audit", "--no-fund", "--silent", "typescript@5.6.3"],
-            cwd=ROOT,
-            check=True,
-            timeout=300,
-        )
-    return compiler
 
 
 VALUES = {

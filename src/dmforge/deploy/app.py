@@ -8,11 +8,12 @@ any kept version and `dmforge rollback` to the one before. The integration value
 a TypeScript module and as JSON: `modelPath`, `n_ctx`, the stop token, the system-message template
 the app must send, the completion parameters with every sampler field set and the tool-call
 grammar (exactly what the evaluation measured), and the token framing the context window needs
-(deploy/typescript.py).
+(deploy/typescript.py). Beside it goes `dmTools.ts` (deploy/tools_ts.py): the tool-call syntax, the
+registry check and the agent loop, ported from the Python that trained and evaluated the model.
 
 Android: a model inside the APK's assets cannot be opened by path. Copy it to app storage once
 (e.g. `RNFS.copyFileAssets(dungeonMasterModel.androidAsset, dest)`) and pass that absolute path
-to `CactusLM.init({ model: dest, ... })`. On iOS the bundled file can be used in place.
+to `initLlama({ model: dest, ... })`. On iOS the bundled file can be used in place.
 """
 
 from __future__ import annotations
@@ -24,6 +25,7 @@ from pathlib import Path
 
 from dmforge.config import DecodeConfig, DmforgeConfig
 from dmforge.deploy import switch
+from dmforge.deploy.tools_ts import tools_module
 from dmforge.deploy.typescript import typescript_module
 from dmforge.errors import DmforgeError
 from dmforge.export.ship import forced_quant, shipped, shipped_column
@@ -196,6 +198,7 @@ def _kept_for(app: Path, version: Version, config: DmforgeConfig, registry: Regi
     values = app_values(export, config, registry, version, {n: (models[n], expected[n]) for n in models}, mmproj)
     texts = {"dungeon-master.json": json.dumps(values, indent=2, ensure_ascii=False) + "\n"}
     texts["dungeonMasterModel.ts"] = typescript_module(values)
+    texts["dmTools.ts"] = tools_module(registry)  # the calls this version was trained on, read as training read them
     files: dict = {**models, **texts}
     if mmproj is not None:  # a vision base's projector travels with the model
         files["dungeon-master-mmproj.gguf"] = mmproj

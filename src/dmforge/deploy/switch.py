@@ -1,6 +1,6 @@
 """Switching the app's model set all-or-nothing, with every version kept outside the bundle.
 
-The app holds one *set*: the GGUF and its JSON values in `assets/models/`, the TypeScript module
+The app holds one *set*: the GGUF and its JSON values in `assets/models/`, the TypeScript modules
 in `src/dmforge/` (and a vision base's projector). Every set dmforge deploys is first kept whole
 in `<app>/.dmforge/versions/<version>-<sha>/` with the sha256 of each file: outside `assets/`, so
 backups never ship in the app bundle. A switch then
@@ -50,6 +50,7 @@ TARGETS = {
     ADAPTER_NAME: Path("assets") / "models" / ADAPTER_NAME,
     "dungeon-master.json": Path("assets") / "models" / "dungeon-master.json",
     "dungeonMasterModel.ts": Path("src") / "dmforge" / "dungeonMasterModel.ts",
+    "dmTools.ts": Path("src") / "dmforge" / "dmTools.ts",  # the tool-call contract, written for this model's registry
     "dungeon-master-mmproj.gguf": Path("assets") / "models" / "dungeon-master-mmproj.gguf",
 }
 KEPT_RECORD = "kept.json"

@@ -15,6 +15,7 @@ from pathlib import Path
 from typing import Literal
 
 import d20
+import lark
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
@@ -205,8 +206,10 @@ def _read_dice(expression: str) -> tuple[d20.Expression | None, str | None, int]
     them; (None, None, 0) for text that is not in the d20 grammar. `expression` is at most MAX_DICE_TEXT long.
     """
     try:
-        tree = d20.parse(expression)
-    except (d20.RollSyntaxError, d20.RollValueError, ValueError, TypeError, RecursionError):
+        # d20's grammar directly: `d20.parse` caches trees under the text with its spaces removed, so `1 d6`
+        # (not dice) would pass once `1d6` had been parsed, and fail in a fresh process.
+        tree = d20.diceast.parser.parse(expression, start="expr")
+    except (lark.LarkError, d20.RollValueError, ValueError, TypeError, RecursionError):
         return None, None, 0
     terms = 0
     stack: list[object] = [tree]
