@@ -125,15 +125,11 @@ def measure(path: Path, n_ctx: int, history: list[int], new_turn: int, reply: in
 
 
 def chart(path: Path, rows: dict[str, dict], title: str) -> None:
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    from dmforge.training.plots import save_figure
+    from dmforge.training.plots import figure, save_figure
 
     labels = list(rows)
-    fig, axes = plt.subplots(1, 3, figsize=(12, 0.5 * len(labels) + 1.8), dpi=110, sharey=True)
+    fig = figure(12, 0.5 * len(labels) + 1.8)
+    axes = fig.subplots(1, 3, sharey=True)
     panels = [
         ("size (MB)", [r["bytes"] / 2**20 for r in rows.values()], "#8172b2"),
         ("generation (tokens/s)", [r["generation_tokens_per_s"] for r in rows.values()], "#4c72b0"),

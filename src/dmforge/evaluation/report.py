@@ -12,7 +12,7 @@ import html
 from pathlib import Path
 
 from dmforge.files import write_text
-from dmforge.training.plots import save_figure
+from dmforge.training.plots import figure, save_figure
 
 # (key, label, higher is better): the rows of the table, the app's behaviour first.
 HEADLINE = [
@@ -66,13 +66,9 @@ def table_rows(report: dict) -> tuple[list[str], list[list[str]]]:
 
 
 def chart_png(path: Path, models: dict[str, dict]) -> None:
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
     keys = [(k, label) for k, label, higher in HEADLINE[:9] if higher is not None]
-    fig, ax = plt.subplots(figsize=(10, 4.2), dpi=110)
+    fig = figure(10, 4.2)
+    ax = fig.subplots()
     width = 0.8 / max(1, len(models))
     for i, (name, metrics) in enumerate(models.items()):
         xs = [j + i * width for j in range(len(keys))]

@@ -9,27 +9,28 @@ from pathlib import Path
 from dmforge.files import partial_path, write_text
 
 
+def figure(width: float, height: float, dpi: int = 110):
+    """A matplotlib Figure drawn off screen, without pyplot: pyplot's global backend is the caller's (a notebook's
+    inline plots stop working if a library switches it to Agg), and a Figure nobody registered needs no closing."""
+    from matplotlib.figure import Figure
+
+    return Figure(figsize=(width, height), dpi=dpi)
+
+
 def save_figure(fig, path: Path) -> None:
     """Write a matplotlib figure as PNG beside `path` and rename it in, so a crash never leaves half a PNG."""
-    import matplotlib.pyplot as plt
-
     fig.tight_layout()
     tmp = partial_path(path)
     try:
         fig.savefig(tmp, format="png")
         tmp.replace(path)
     finally:
-        plt.close(fig)
         tmp.unlink(missing_ok=True)
 
 
 def loss_curve_png(path: Path, train: list[tuple[int, float]], val: list[tuple[int, float]], title: str) -> None:
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    fig, ax = plt.subplots(figsize=(7, 4), dpi=110)
+    fig = figure(7, 4)
+    ax = fig.subplots()
     if train:
         ax.plot([s for s, _ in train], [v for _, v in train], label="training loss (DM tokens)", color="#4c72b0", lw=1)
     if val:
