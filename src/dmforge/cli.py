@@ -19,12 +19,12 @@ from rich.markup import escape
 from rich.table import Table
 from rich.text import Text
 
-from dmforge import __version__
+from dmforge import __version__, api
 from dmforge.config import DmforgeConfig, load_config
 from dmforge.errors import DmforgeError
 from dmforge.interrupts import Terminated, handle_sigterm
 from dmforge.scenarios import CheckReport, Severity, check_paths
-from dmforge.tools.registry import RegistryError, load_registry
+from dmforge.tools.registry import load_registry
 
 app = typer.Typer(
     help="Turn Markdown D&D scenarios into an on-device Dungeon Master model for Cactus.",
@@ -43,19 +43,6 @@ ConfigOption = Annotated[
 ]
 
 
-def _run_lock(run: Path, out: Console):
-    """The lock on an existing run folder, so export and eval never write beside a training of the same run."""
-    from dmforge.locks import clean_after, folder_lock
-
-    if not run.is_dir():
-        raise DmforgeError(
-            f"The run folder {run} {'is a file' if run.exists() else 'does not exist'}. Pass a folder in runs/ "
-            "that `./train.sh` or `dmforge finetune` made (`ls runs/`).",
-            exit_code=2,
-        )
-    return folder_lock(run, f"The run folder {run}", on_stale=clean_after(run, out))
-
-
 def _version(value: bool) -> None:
     if value:
         console.print(f"dmforge {__version__}")
@@ -72,17 +59,10 @@ def _root(
 
 
 def _run_config(run: Path | None, config_file: Path | None, overrides: dict | None = None) -> DmforgeConfig:
-    """A run's own resolved config (its config.yaml), unless --config names another: evaluation and deploy
-    then use the decoding and data settings the run was trained with."""
-    saved = run / "config.yaml" if run else None
-    return load_config(config_file or (saved if saved and saved.is_file() else None), overrides)
+    return api.run_config(run, config_file, **(overrides or {}))
 
 
-def _registry(config: DmforgeConfig):
-    try:
-        return load_registry(config.data.tool_registry)
-    except RegistryError as exc:
-        raise DmforgeError(f"{exc}. Fix the file, or remove `data.tool_registry` to use the built-in one.") from exc
+_registry = api.tool_registry
 
 
 def _print_check(report: CheckReport) -> None:
@@ -107,7 +87,7 @@ def _print_check(report: CheckReport) -> None:
     for name, places in report.unknown_tools().items():
         console.print(
             f"[red]unknown tool[/] [bold]{escape(name)}[/] at {len(places)} place(s): {escape(', '.join(places))}. "
-            "Fix the name, or add the tool to the tool registry."
+            "Fix the name, or register the tool (`dmforge tools scan`, then `dmforge tools add NAME`)."
         )
     verdict = "[red]errors found[/]" if report.errors else "[green]ok[/]"
     calls = ", ".join(f"{name} {n}" for name, n in report.calls_by_tool().items()) or "none"
@@ -128,7 +108,7 @@ def data_check(
 ) -> None:
     """Validate scenarios: exit 0 when there are no errors (warnings allowed), 1 when there are."""
     config = load_config(config_file)
-    report = check_paths(paths or [config.data.scenarios], _registry(config), config.data.max_file_bytes)
+    report = api.check(config, paths)
     if as_json:
         sys.stdout.write(json.dumps(report.to_json(), indent=2, ensure_ascii=False) + "\n")
     else:
@@ -173,8 +153,6 @@ def data_build(
     config_file: ConfigOption = None,
 ) -> None:
     """Build the training dataset (JSONL and a Hugging Face DatasetDict) and print its stats."""
-    from dmforge.dataset import build_dataset
-
     overrides = {
         "scenarios": scenarios,
         "out": out,
@@ -183,14 +161,8 @@ def data_build(
         "seed": seed,
     }
     config = load_config(config_file, {"data": overrides})
-    if not config.data.scenarios.is_dir():
-        raise DmforgeError(
-            f"The scenarios folder {config.data.scenarios} does not exist. Pass --scenarios DIR "
-            "or set `data.scenarios` in your config.",
-            exit_code=2,
-        )
     with console.status("Building the dataset…"):
-        stats, path = build_dataset(config.data, _registry(config))
+        stats, path = api.build(config)
     if as_json:
         sys.stdout.write(json.dumps({"out": str(path), **stats.to_json()}, indent=2) + "\n")
     else:
@@ -437,12 +409,10 @@ def finetune_command(
     config_file: ConfigOption = None,
 ) -> None:
     """Fine-tune a base model on the scenarios with LoRA; writes adapter, merged model and metrics."""
-    from dmforge.training.finetune import finetune
-
     overrides = _train_overrides(base, run_dir, max_steps, max_seq_len)
     overrides["data"] = {"scenarios": scenarios}
     config = load_config(config_file, overrides)
-    result = finetune(config, _registry(config), console)
+    result = api.train(config, console=console)
     m = result.metrics
     console.print(
         f"[green]Done.[/] {m['steps']} steps, validation loss {_num(m['final_val_loss'])} "
@@ -530,17 +500,8 @@ def export_command(
     config_file: ConfigOption = None,
 ) -> None:
     """Convert the run's merged model to GGUF, quantize it, and verify every file in llama.cpp."""
-    from dmforge.export.run import export_run
-
     config = load_config(config_file, {"export": {"quants": quant, "max_size_gb": max_size_gb}})
-    with _run_lock(run, console):
-        result = export_run(
-            run,
-            config.export.quants,
-            config.export.max_size_gb,
-            None if as_json else console,
-            adapter=adapter or config.deploy.mode == "adapter",
-        )
+    result = api.export(run, config, None if as_json else console, adapter=adapter)
     if as_json:
         sys.stdout.write(json.dumps(result.model_dump(mode="json"), indent=2, default=str) + "\n")
     else:
@@ -587,22 +548,12 @@ def eval_command(
     config_file: ConfigOption = None,
 ) -> None:
     """Score base, fine-tuned and GGUF models on held-out DM turns; write report.md/.html/.json and a playtest."""
-    from dmforge.evaluation.run import evaluate_run, latest_run, run_playtest
+    from dmforge.evaluation.run import latest_run
 
     if run is None:
         run = latest_run(load_config(config_file).train.runs_root)
     config = _run_config(run, config_file, {"eval": {"max_turns": max_turns}})
-    with _run_lock(run, console):
-        report = evaluate_run(
-            run,
-            config,
-            _registry(config),
-            console if not as_json else Console(quiet=True),
-            scenarios,
-            config.eval.max_turns,
-        )
-        if not scenarios:  # the playtest belongs to the run; scoring other scenarios does not replay it
-            report.playtest = run_playtest(run, config, _registry(config))
+    report = api.evaluate(run, config, console if not as_json else Console(quiet=True), scenarios)
     if as_json:
         sys.stdout.write(json.dumps(report.model_dump(mode="json"), indent=2) + "\n")
     else:
@@ -630,8 +581,6 @@ def deploy_command(
     --app APP` switches the app to any version `dmforge versions` lists. The gate of ./train.sh does not apply:
     what you name is deployed.
     """
-    from dmforge.deploy.app import deploy, deploy_version
-
     if (run is None) == (version is None):
         raise DmforgeError(
             "Name what to deploy: a run folder (`dmforge deploy RUN --app APP`) or a version "
@@ -640,19 +589,16 @@ def deploy_command(
         )
     if run is not None:
         config = _run_config(run, config_file)
-        result = deploy(run, app_dir, config, _registry(config), quant)
+        result = api.deploy(run, app_dir, config, quant)
     else:
-        config = load_config(config_file)
-        result = deploy_version(app_dir, version, config, _registry(config))
+        result = api.deploy_version(app_dir, version, load_config(config_file))
     _print_deploy(result)
 
 
 @app.command("rollback")
 def rollback_command(app_dir: AppOption, config_file: ConfigOption = None) -> None:
     """Put back the model the app had before the last deploy, byte for byte (its sha256 checked)."""
-    from dmforge.deploy.app import rollback
-
-    result = rollback(app_dir, load_config(config_file))
+    result = api.rollback(app_dir, load_config(config_file))
     _print_deploy(result)
 
 
@@ -768,15 +714,13 @@ def pipeline(
 
     check → build → preflight → train → export → verify → evaluate → playtest → deploy
     """
-    from dmforge.pipeline import run_pipeline
-
     overrides = _train_overrides(base, run_dir, max_steps, max_seq_len)
     overrides["data"] = {"scenarios": scenarios}
     overrides["deploy"] = {"app": app_dir}
     if quant:
         overrides["deploy"]["quant"] = quant.upper()
     config = load_config(config_file, overrides)
-    run_pipeline(config, _registry(config), console, from_scratch=from_scratch)
+    api.pipeline(config, from_scratch=from_scratch, console=console)
 
 
 def main() -> None:

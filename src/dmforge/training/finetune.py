@@ -146,8 +146,10 @@ def finetune(
     console: Console,
     announce: Callable[[str, str], None] | None = None,
     lineage: Lineage | None = None,
+    on_log: Callable[[dict], None] | None = None,
 ) -> FinetuneResult:
-    """Build, preflight, train and merge. `announce(stage, detail)` marks where each stage starts.
+    """Build, preflight, train and merge. `announce(stage, detail)` marks where each stage starts, and
+    `on_log(row)` sees every row written to logs/train.jsonl (the notebook's live loss curve).
 
     With a `lineage`, the run continues the parent version's adapter on the changed files plus a
     replay sample (training/incremental.py).
@@ -159,11 +161,11 @@ def finetune(
         tokenizer = load_tokenizer(base.path, config.model.chat_template)
     run_dir = default_run_dir(config)
     with hold_run_folder(run_dir, config.data.scenarios, console):
-        return _finetune_locked(config, registry, console, announce, base, tokenizer, run_dir, lineage)
+        return _finetune_locked(config, registry, console, announce, base, tokenizer, run_dir, lineage, on_log)
 
 
 def _finetune_locked(
-    config, registry, console, announce, base, tokenizer, run_dir: Path, lineage: Lineage | None
+    config, registry, console, announce, base, tokenizer, run_dir: Path, lineage: Lineage | None, on_log=None
 ) -> FinetuneResult:
     t = config.train
     random.seed(t.seed)
@@ -292,6 +294,13 @@ def _finetune_locked(
     log_path = run_dir / "logs" / "train.jsonl"
     log_path.parent.mkdir(exist_ok=True)
     with log_path.open("a", encoding="utf-8") as log_file:
+
+        def log(row: dict) -> None:
+            log_file.write(json.dumps(row) + "\n")
+            log_file.flush()
+            if on_log is not None:
+                on_log(row)
+
         state = train_loop(
             model,
             train,
@@ -301,7 +310,7 @@ def _finetune_locked(
             pad_id,
             console,
             accelerator,
-            log=lambda row: (log_file.write(json.dumps(row) + "\n"), log_file.flush()),
+            log=log,
             bracket_ids=bracket_tokens(tokenizer),
         )
 
