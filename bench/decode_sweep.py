@@ -31,7 +31,7 @@ from dmforge.evaluation.run import load_setup, play_session  # noqa: E402
 from dmforge.evaluation.runtime import Runtime  # noqa: E402
 from dmforge.export.ship import shipped  # noqa: E402
 from dmforge.files import write_json, write_text  # noqa: E402
-from dmforge.tools.grammar import registry_grammar  # noqa: E402
+from dmforge.tools.grammar import decode_grammar  # noqa: E402
 from dmforge.tools.registry import load_registry  # noqa: E402
 
 GREEDY = {"temperature": 0.0, "penalty_repeat": 1.0, "dry_multiplier": 0.0}
@@ -91,7 +91,7 @@ def main() -> None:
             continue
         console.print(f"[bold]{name}[/] on {path.name}")
         decode = config.decode.model_copy(update=SETTINGS[name])
-        grammar = registry_grammar(registry, lazy=decode.grammar == "lazy") if decode.grammar != "off" else None
+        grammar = decode_grammar(registry, decode)
         scored = score_column(Column(name, path.name, path, decode, grammar), turns, registry, setup.n_ctx, [])
         session = play_session(Runtime(path, setup.n_ctx), setup.fmt, setup.n_ctx, config, registry, decode, grammar)
         results[name] = {

@@ -198,64 +198,51 @@ class DungeonMaster:
     """
 
     runtime: Any
-    fmt: Any
-    n_ctx: int
-    config: DmforgeConfig
+    window: Callable[[list[dict]], list[dict]]
+    decode: Any
+    grammar: str | None
     registry: Registry
     messages: list[dict]
 
     def say(self, line: str, max_tool_rounds: int = 3) -> list[dict]:
         import random
 
-        from dmforge.dataset.window import window_start
-        from dmforge.evaluation.playtest import execute
-        from dmforge.tools.grammar import registry_grammar
-        from dmforge.tools.syntax import find_calls
-        from dmforge.training.chat import prompt_budget, template_messages
+        from dmforge.evaluation.playtest import dm_turn
 
-        decode = self.config.decode
-        grammar = registry_grammar(self.registry, lazy=decode.grammar == "lazy") if decode.grammar != "off" else None
-        budget = prompt_budget(self.fmt, self.n_ctx, decode.n_predict)
-        rng = random.Random(len(self.messages))
+        rng = random.Random(len(self.messages))  # the same session replays with the same dice
         self.messages.append({"role": "user", "content": line})
-        new: list[dict] = []
-        for _ in range(max_tool_rounds):
-            chat = template_messages(self.messages, self.fmt)
-            costs = [self.runtime.count(m["content"]) + self.fmt.framing.get(m["role"], 0) for m in chat]
-            sent = [chat[0], *chat[window_start([m["role"] for m in self.messages], costs, budget) :]]
-            reply = self.runtime.reply(sent, decode, grammar)
-            self.messages.append({"role": "assistant", "content": reply.text})
-            new.append(self.messages[-1])
-            calls = find_calls(reply.text)
-            if not calls:
-                break
-            results = "\n".join(f"{call} => {execute(call, self.registry, rng)}" for call in calls)
-            self.messages.append({"role": "tool", "content": results})
-            new.append(self.messages[-1])
-        return new
+        first = len(self.messages)
+        dm_turn(
+            self.runtime, self.messages, self.registry, self.decode, self.grammar, self.window, rng, max_tool_rounds
+        )
+        return self.messages[first:]
 
 
 def dungeon_master(run: Path, config: DmforgeConfig, world: str = "", location: str = "", party: str = ""):
     """A DungeonMaster session with the run's shipped file, its system message made from the config's template."""
     from dmforge.config import compose_system_prompt
+    from dmforge.evaluation.run import app_window
     from dmforge.evaluation.runtime import Runtime
     from dmforge.export.ship import forced_quant, shipped
     from dmforge.registry.runs import read_eval, read_export, read_manifest
     from dmforge.scenarios.model import Header
+    from dmforge.tools.grammar import decode_grammar
     from dmforge.training.chat import ChatFormat
 
     run = Path(run)
     manifest = read_manifest(run)
     path = shipped(read_export(run), read_eval(run), forced_quant(config)).path
     n_ctx = manifest.max_seq_len or config.train.max_seq_len
+    runtime, decode, registry = Runtime(path, n_ctx), config.decode, tool_registry(config)
+    grammar = decode_grammar(registry, decode)
     header = Header(title="Session", world=world, location=location, party=party)
     system = compose_system_prompt(config.data, header, None)
     return DungeonMaster(
-        Runtime(path, n_ctx),
-        ChatFormat(**manifest.chat_format),
-        n_ctx,
-        config,
-        tool_registry(config),
+        runtime,
+        app_window(runtime, ChatFormat(**manifest.chat_format), n_ctx, decode),
+        decode,
+        grammar,
+        registry,
         [{"role": "system", "content": system}],
     )
 

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import random
 from collections.abc import Callable
+from dataclasses import dataclass, field
 
 import d20
 
@@ -87,6 +88,47 @@ def execute(call: ToolCall, registry: Registry, rng: random.Random) -> str:
         return f"error: {type(exc).__name__}: {str(exc)[:200]}"
 
 
+@dataclass
+class DmStep:
+    """One DM reply within a turn: the reply, how many old messages the window left out, and the tool results."""
+
+    reply: object  # a Runtime Reply: .text, .stop, .hit_limit
+    dropped: int
+    outcomes: list[tuple[ToolCall, str]] = field(default_factory=list)  # each call run, and what it gave
+
+    @property
+    def results(self) -> str:
+        """The tool message: one `[call] => outcome` line per call, as in a scenario's TOOLCALL section."""
+        return "\n".join(f"{call} => {outcome}" for call, outcome in self.outcomes)
+
+
+def dm_turn(
+    model,
+    messages: list[dict],
+    registry: Registry,
+    decode,
+    grammar: str | None,
+    window: Callable[[list[dict]], list[dict]],
+    rng: random.Random,
+    max_chain: int = MAX_CHAIN,
+) -> list[DmStep]:
+    """The DM's answer to the last message, as the app's agent runs it: reply, run the calls, feed the results
+    back, up to `max_chain` replies. Appends the DM's messages and the tool messages to `messages`."""
+    steps: list[DmStep] = []
+    for _ in range(max_chain):
+        sent = window(messages)
+        reply = model.reply(sent, decode, grammar)
+        step = DmStep(reply, len(messages) - len(sent))
+        steps.append(step)
+        messages.append({"role": "assistant", "content": reply.text})
+        calls = find_calls(reply.text)
+        if not calls:
+            break
+        step.outcomes = [(call, execute(call, registry, rng)) for call in calls]
+        messages.append({"role": "tool", "content": step.results})
+    return steps
+
+
 def playtest(
     model,
     system: str,
@@ -107,26 +149,17 @@ def playtest(
     for line in SCRIPT:
         messages.append({"role": "user", "content": line})
         transcript.append({"role": "player", "text": line})
-        for _ in range(MAX_CHAIN):
-            sent = window(messages)
-            dropped = len(messages) - len(sent)
-            reply = model.reply(sent, decode, grammar)
+        for step in dm_turn(model, messages, registry, decode, grammar, window, rng):
             dm_replies += 1
-            looped += reply.hit_limit
-            windowed += dropped > 0
-            messages.append({"role": "assistant", "content": reply.text})
-            transcript.append({"role": "dm", "text": reply.text, "stop": reply.stop, "dropped_messages": dropped})
-            calls = find_calls(reply.text)
-            if not calls:
-                break
-            results = []
-            for call in calls:
-                outcome = execute(call, registry, rng)
-                calls_made += 1
-                calls_valid += not outcome.startswith("error")
-                results.append(f"{call} => {outcome}")
-            messages.append({"role": "tool", "content": "\n".join(results)})
-            transcript.append({"role": "tool", "text": "\n".join(results)})
+            looped += step.reply.hit_limit
+            windowed += step.dropped > 0
+            transcript.append(
+                {"role": "dm", "text": step.reply.text, "stop": step.reply.stop, "dropped_messages": step.dropped}
+            )
+            if step.outcomes:
+                calls_made += len(step.outcomes)
+                calls_valid += sum(not outcome.startswith("error") for _, outcome in step.outcomes)
+                transcript.append({"role": "tool", "text": step.results})
     return {
         "transcript": transcript,
         "calls": calls_made,

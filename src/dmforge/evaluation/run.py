@@ -15,6 +15,7 @@ the columns in models/, and the playtest transcript.
 from __future__ import annotations
 
 import json
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -46,7 +47,7 @@ from dmforge.registry.runs import (
 )
 from dmforge.scenarios import check_paths
 from dmforge.scenarios.model import Header
-from dmforge.tools.grammar import registry_grammar
+from dmforge.tools.grammar import decode_grammar, registry_grammar
 from dmforge.tools.registry import Registry
 from dmforge.training.chat import ChatFormat, Sample, build_samples, prompt_budget, template_messages
 
@@ -288,17 +289,22 @@ def _choose_and_score_quants(
     return ShipRecord(quant=quant, reason=reason, max_intent_drop=max_drop, candidates=table)
 
 
-def play_session(runtime: Runtime, fmt: ChatFormat, n_ctx: int, config: DmforgeConfig, registry, decode, grammar):
-    """The scripted playtest with `runtime`, each prompt cut to the app's context window for `n_ctx`."""
+def app_window(runtime: Runtime, fmt: ChatFormat, n_ctx: int, decode) -> Callable[[list[dict]], list[dict]]:
+    """What the app sends of a history: mapped for the template and cut to the context window for `n_ctx`."""
     budget = prompt_budget(fmt, n_ctx, decode.n_predict)
 
-    def app_window(messages: list[dict]) -> list[dict]:
+    def window(messages: list[dict]) -> list[dict]:
         chat = template_messages(messages, fmt)
         costs = [runtime.count(m["content"]) + fmt.framing.get(m["role"], 0) for m in chat]
         return [chat[0], *chat[window_start([m["role"] for m in messages], costs, budget) :]]
 
+    return window
+
+
+def play_session(runtime: Runtime, fmt: ChatFormat, n_ctx: int, config: DmforgeConfig, registry, decode, grammar):
+    """The scripted playtest with `runtime`, each prompt cut to the app's context window for `n_ctx`."""
     system = compose_system_prompt(config.data, Header(title="Playtest", **play.SETTING), None)
-    return play.playtest(runtime, system, registry, decode, grammar, window=app_window)
+    return play.playtest(runtime, system, registry, decode, grammar, window=app_window(runtime, fmt, n_ctx, decode))
 
 
 def run_playtest(run_dir: Path, config: DmforgeConfig, registry: Registry, reuse: bool = True) -> dict:
@@ -317,7 +323,7 @@ def run_playtest(run_dir: Path, config: DmforgeConfig, registry: Registry, reuse
     played = read_json_or_none(saved) if reuse and newer_than(saved, path) else None
     reused = played is not None and played.get("settings") == settings
     if not reused:
-        grammar = registry_grammar(registry, lazy=decode.grammar == "lazy") if decode.grammar != "off" else None
+        grammar = decode_grammar(registry, decode)
         played = play_session(Runtime(path, n_ctx), fmt, n_ctx, config, registry, decode, grammar)
         played["settings"] = settings
         write_json(saved, played)

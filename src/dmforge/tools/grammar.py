@@ -144,6 +144,11 @@ def registry_grammar(registry: Registry, lazy: bool = False) -> str:
     return "\n".join(lines) + "\n"
 
 
+def decode_grammar(registry: Registry, decode) -> str | None:
+    """The grammar a decoding config (`decode.grammar`: full, lazy or off) sends with each completion."""
+    return None if decode.grammar == "off" else registry_grammar(registry, lazy=decode.grammar == "lazy")
+
+
 # What a lazy grammar wakes on: a pattern trigger `\[` (Cactus: `grammar_triggers` type 2), which llama.cpp's
 # common sampler wraps as below, so that the grammar applies from the first `[` on.
 LAZY_TRIGGER = r"\["
