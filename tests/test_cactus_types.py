@@ -24,7 +24,6 @@ from dmforge.config import DmforgeConfig
 from dmforge.deploy import switch
 from dmforge.deploy.app import deploy
 from dmforge.deploy.typescript import typescript_module
-from dmforge.models.resolve import sha256_file
 from dmforge.registry.runs import AdapterExport, read_export, write_export
 from dmforge.tools.registry import load_registry
 
@@ -76,17 +75,7 @@ def _deployed(tmp_path: Path, name: str, adapter: bool = False, **sections) -> P
         base, lora = run / "gguf" / "base-f16.gguf", run / "gguf" / "lora.gguf"
         base.write_bytes(b"BASE-F16")
         lora.write_bytes(b"LORA-" + name.encode())
-        record = AdapterExport(
-            file=str(lora),
-            bytes=lora.stat().st_size,
-            sha256=sha256_file(lora),
-            base_file=str(base),
-            base_bytes=base.stat().st_size,
-            base_sha256=sha256_file(base),
-            merged_bytes=7,
-            parity={},
-            passed=True,
-        )
+        record = AdapterExport.of(lora, base, merged_bytes=7, parity={"passed": True})
         write_export(run, read_export(run).model_copy(update={"adapter": record}))
         sections["deploy"] = {"mode": "adapter"}
     app = tmp_path / "apps" / name

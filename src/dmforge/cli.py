@@ -62,9 +62,6 @@ def _run_config(run: Path | None, config_file: Path | None, overrides: dict | No
     return api.run_config(run, config_file, **(overrides or {}))
 
 
-_registry = api.tool_registry
-
-
 def _print_check(report: CheckReport) -> None:
     by_file: dict[str, list] = {}
     for d in report.diagnostics:
@@ -225,7 +222,7 @@ def tools_scan(
     """List tools the scenarios call that the registry lacks, with a proposed entry for each, and the uses of
     registered tools that fit no rule. Exit 0 when every call fits the registry, 1 otherwise."""
     config = load_config(config_file)
-    registry = _registry(config)
+    registry = api.tool_registry(config)
     corpus = _corpus(config, scenarios, registry)
     proposals = _proposals(corpus, registry)
     misfits = corpus.misfits(registry)
@@ -285,7 +282,7 @@ def tools_add(
     from dmforge.tools.extend import PROJECT_REGISTRY, add_entries, point_config_at
 
     config = load_config(config_file)
-    registry = _registry(config)
+    registry = api.tool_registry(config)
     target = registry_file or config.data.tool_registry or PROJECT_REGISTRY
     corpus = _corpus(config, scenarios, registry)
     proposals = _proposals(corpus, registry)
@@ -335,7 +332,7 @@ def tools_docs(
     from dmforge.tools.registry import DEFAULT_REGISTRY
 
     config = load_config(config_file)
-    registry = _registry(config)
+    registry = api.tool_registry(config)
     corpus = _corpus(config, scenarios, registry)
     label = f"`{config.data.tool_registry}`" if config.data.tool_registry else DEFAULT_REGISTRY
     text = tools_markdown(registry, corpus, label, (scenarios or config.data.scenarios).as_posix())
@@ -438,7 +435,7 @@ def data_preview(
     overrides = _train_overrides(base, None, None, max_seq_len)
     overrides["data"] = {"scenarios": scenarios}
     config = load_config(config_file, overrides)
-    preview(config, _registry(config), console, count)
+    preview(config, api.tool_registry(config), console, count)
 
 
 def _print_export(report: dict) -> None:

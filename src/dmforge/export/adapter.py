@@ -25,7 +25,6 @@ from dmforge.errors import DmforgeError
 from dmforge.export import verify
 from dmforge.export.converter import converter_dir, converter_script
 from dmforge.files import partial_path, write_text
-from dmforge.models.resolve import sha256_file
 from dmforge.registry.runs import AdapterExport
 
 ADAPTER_FILE = "dungeon-master-adapter-f16.gguf"
@@ -87,14 +86,4 @@ def export_adapter(run_dir: Path, base_dir: Path, merged_f16: Path, prompts: lis
     adapter = convert_adapter(run_dir / "adapter", base_dir, run_dir / "gguf" / ADAPTER_FILE)
     base = base_gguf(base_dir)
     parity = adapter_parity(base, adapter, merged_f16, prompts)
-    return AdapterExport(
-        file=str(adapter),
-        bytes=adapter.stat().st_size,
-        sha256=sha256_file(adapter),
-        base_file=str(base),
-        base_bytes=base.stat().st_size,
-        base_sha256=sha256_file(base),
-        merged_bytes=merged_f16.stat().st_size,
-        parity=parity,
-        passed=parity["passed"],
-    )
+    return AdapterExport.of(adapter, base, merged_f16.stat().st_size, parity)

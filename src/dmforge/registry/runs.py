@@ -17,6 +17,7 @@ from pydantic import BaseModel, ConfigDict, ValidationError
 
 from dmforge.errors import DmforgeError
 from dmforge.files import read_json, read_json_or_none, write_json
+from dmforge.models.resolve import sha256_file
 
 
 class _Record(BaseModel):
@@ -61,6 +62,21 @@ class AdapterExport(_Record):
     merged_bytes: int
     parity: dict
     passed: bool
+
+    @classmethod
+    def of(cls, adapter: Path, base: Path, merged_bytes: int, parity: dict) -> AdapterExport:
+        """The record of an adapter GGUF and its base GGUF as they are on disk, with the parity check's verdict."""
+        return cls(
+            file=str(adapter),
+            bytes=adapter.stat().st_size,
+            sha256=sha256_file(adapter),
+            base_file=str(base),
+            base_bytes=base.stat().st_size,
+            base_sha256=sha256_file(base),
+            merged_bytes=merged_bytes,
+            parity=parity,
+            passed=parity["passed"],
+        )
 
 
 class ExportReport(_Record):
