@@ -5,5 +5,6 @@ set -euo pipefail
 cd "$(dirname "${BASH_SOURCE[0]}")"
 source scripts/bootstrap.sh
 dmforge_bootstrap "dev"
-.venv/bin/ruff check src tests bench
+.venv/bin/ruff check src tests bench notebooks
+.venv/bin/ruff format --check src tests bench notebooks
 .venv/bin/python -m pytest "$@"
