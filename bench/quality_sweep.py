@@ -1,15 +1,18 @@
-"""Which training recipe makes the best Dungeon Master: train variants, export each, score the GGUF.
+"""Which training recipe makes the best Dungeon Master: train variants for equal minutes, score the best GGUFs.
 
-    .venv/bin/python bench/quality_sweep.py                      # every variant, default budget
-    .venv/bin/python bench/quality_sweep.py --only default,as-written  # some of them
-    .venv/bin/python bench/quality_sweep.py --steps 40 --json    # a fixed number of optimizer steps each
+    .venv/bin/python bench/quality_sweep.py --minutes 20 --only default,arg10   # equal training minutes
+    .venv/bin/python bench/quality_sweep.py --minutes 20 --score-top 2          # llama.cpp for the best two
+    .venv/bin/python bench/quality_sweep.py --steps 40 --json                   # a fixed number of steps each
 
-Each variant is the default config with a few options changed. It is trained on the sample corpus
-(the default training split) for its epochs, `--steps` optimizer steps or `--minutes` of training,
-merged, converted to an F16 GGUF, and scored on the held-out split through llama.cpp with the app's
-decoding, exactly as `./train.sh` scores a run (and, with `--greedy`, plain greedy decoding beside).
-Results accumulate in `runs/sweep/results.json`, so an interrupted sweep resumes with the
-variants it has not finished; `runs/sweep/results.md` is the table for docs/model-quality.md.
+Each variant is the default config with a few options changed. It is trained on `--scenarios` (the
+sample corpus by default; keep one folder fixed while comparing recipes) for `--minutes` of training
+(`train.max_minutes`: the schedule is planned from the preflight's measured speed to end inside the
+budget), `--steps` optimizer steps, or its epochs. Every variant is ranked by its held-out call metrics
+scored teacher-forced during training (cheap: one forward pass over every validation turn); the best
+`--score-top` of them are merged, converted to an F16 GGUF and scored on every held-out turn through
+llama.cpp with the app's decoding, exactly as `./train.sh` scores a run (with `--greedy`, plain greedy
+beside). Results accumulate in `<root>/results.json`, so an interrupted sweep resumes with what it has
+not finished; `<root>/results.md` is the table for docs/model-quality.md.
 """
 
 from __future__ import annotations
@@ -17,7 +20,6 @@ from __future__ import annotations
 import argparse
 import json
 import sys
-import time
 from pathlib import Path
 
 from rich.console import Console
@@ -25,7 +27,7 @@ from rich.console import Console
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT / "src"))
 
-from tables import CALL_METRICS, cell  # noqa: E402
+from tables import cell  # noqa: E402
 
 from dmforge.config import load_config  # noqa: E402
 from dmforge.evaluation.columns import Column, perplexity_samples, score_column  # noqa: E402
@@ -41,6 +43,12 @@ from dmforge.training.finetune import finetune  # noqa: E402
 # name → (what it tests, config overrides). Every variant starts from the defaults in config.py.
 VARIANTS: dict[str, tuple[str, dict]] = {
     "default": ("the defaults as they stand", {}),
+    "arg10": ("argument tokens weighted 10x (calls 3x)", {"train": {"argument_loss_weight": 10.0}}),
+    "arg10-sqrt": (
+        "argument tokens 10x, balanced by 1/sqrt of the intent's count",
+        {"train": {"argument_loss_weight": 10.0, "call_balance": "sqrt"}},
+    ),
+    "weight20": ("every call token weighted 20x", {"train": {"call_loss_weight": 20.0, "argument_loss_weight": 20.0}}),
     "plain": ("no call weighting", {"train": {"call_loss_weight": 1.0}}),
     "calls-first": ("calls before the narration in training", {"data": {"call_order": "first"}}),
     "as-written": ("calls where the scenario writes them", {"data": {"call_order": "as_written"}}),
@@ -64,31 +72,47 @@ def _merge(base: dict, extra: dict) -> dict:
     return out
 
 
-def run_variant(
-    name: str,
-    overrides: dict,
-    minutes: float,
-    root: Path,
-    console: Console,
-    with_greedy: bool = False,
-    steps: int | None = None,
+def train_variant(
+    name: str, overrides: dict, minutes: float, steps: int | None, scenarios: Path | None, root: Path, console
 ) -> dict:
+    """Train one variant and read its held-out teacher-forced call metrics at the adapter that ships."""
     registry = load_registry()
-    run_dir = root / name
-    config = load_config(None, _merge(overrides, {"train": {"run_dir": run_dir}}))
+    extra = {"train": {"run_dir": root / name}}
+    if scenarios:
+        extra["data"] = {"scenarios": scenarios}
+    config = load_config(None, _merge(overrides, extra))
     if minutes:  # finetune plans the steps to fit from the preflight's measured speed
         config.train.max_minutes = minutes
     if steps:  # a fixed number of optimizer steps compares recipes whatever else the machine is doing
         config.train.max_steps = steps
-    started = time.monotonic()
     result = finetune(config, registry, console)
-    train_seconds = time.monotonic() - started
-    gguf = convert_to_gguf(run_dir / "merged", run_dir / "gguf" / "sweep-f16.gguf")
-    from dmforge.registry.runs import read_manifest
+    m = result.metrics
+    best = next((calls for step, calls in m["val_calls"] if step == m["best_step"]), {})
+    return {
+        "name": name,
+        "what": VARIANTS[name][0] if name in VARIANTS else "",
+        "overrides": overrides,
+        "steps": m["steps"],
+        "best_step": m["best_step"],
+        "train_minutes": round(m["train_seconds"] / 60, 1),
+        "val_calls": m["val_calls"],
+        "teacher_forced": best,
+        "app": {},
+        "greedy": {},
+    }
 
-    fmt = ChatFormat(**read_manifest(run_dir).chat_format)
+
+def score_variant(row: dict, root: Path, with_greedy: bool) -> dict:
+    """Export the variant's merged model to an F16 GGUF and score it on every held-out turn with the app's decoding."""
     from transformers import AutoTokenizer
 
+    from dmforge.registry.runs import read_manifest
+
+    run_dir = root / row["name"]
+    registry = load_registry()
+    config = load_config(run_dir / "config.yaml")
+    gguf = convert_to_gguf(run_dir / "merged", run_dir / "gguf" / "sweep-f16.gguf")
+    fmt = ChatFormat(**read_manifest(run_dir).chat_format)
     tokenizer = AutoTokenizer.from_pretrained(run_dir / "merged")
     conversations = [json.loads(x) for x in (run_dir / "dataset" / "validation.jsonl").read_text().splitlines()]
     n_ctx, reply = config.train.max_seq_len, config.decode.n_predict
@@ -96,46 +120,60 @@ def run_variant(
     samples = perplexity_samples(build_samples(tokenizer, fmt, conversations, n_ctx, reply))
     grammar = registry_grammar(registry, lazy=config.decode.grammar == "lazy")
     app = score_column(Column("F16", "F16", gguf, config.decode, grammar), turns, registry, n_ctx, samples)
-    greedy = (
-        score_column(Column("F16 greedy", "F16", gguf, GREEDY, None), turns, registry, n_ctx, [])
-        if with_greedy
-        else {"metrics": {}}
-    )
-    return {
-        "name": name,
-        "what": VARIANTS[name][0] if name in VARIANTS else "",
-        "overrides": overrides,
-        "steps": result.metrics["steps"],
-        "best_step": result.metrics["best_step"],
-        "train_minutes": round(train_seconds / 60, 1),
-        "val_calls": result.metrics.get("val_calls"),
-        "app": app["metrics"],
-        "greedy": greedy["metrics"],
-        "turns": len(turns),
-    }
+    write_json(run_dir / "sweep-details.json", app["details"])
+    row["app"] = app["metrics"]
+    row["turns"] = len(turns)
+    if with_greedy:
+        row["greedy"] = score_column(Column("F16 greedy", "F16", gguf, GREEDY, None), turns, registry, n_ctx, [])[
+            "metrics"
+        ]
+    return row
 
 
-KEYS = [*CALL_METRICS, ("call_f1", "call F1"), ("perplexity", "ppl")]
+def teacher_forced_score(row: dict) -> float:
+    return (row.get("teacher_forced") or {}).get("call_score") or 0.0
+
+
+TEACHER = [("decision", "tf decision"), ("intent", "tf intent"), ("exact", "tf exact")]
+GENERATED = [
+    ("call_decision_accuracy", "decision"),
+    ("intent_match", "intent"),
+    ("exact_call_match", "exact"),
+    ("tool_accuracy", "tool acc"),
+    ("argument_accuracy", "arg acc"),
+    ("call_validity", "validity"),
+    ("loop_rate", "loops"),
+]
 
 
 def table(results: dict[str, dict]) -> str:
-    head = "| variant | what | steps (best) | train min | " + " | ".join(label for _, label in KEYS)
-    head += " | greedy: decision | greedy: intent | greedy: loops |"
-    lines = [head, "|" + "---|" * (4 + len(KEYS) + 3)]
-    for name, r in results.items():
-        app, greedy = r["app"], r["greedy"]
-        cells = [cell(app.get(k)) for k, _ in KEYS]
-        cells += [cell(greedy.get(k)) for k in ("call_decision_accuracy", "intent_match", "loop_rate")]
-        run = f"| {name} | {r['what']} | {r['steps']} ({r['best_step']}) | {r['train_minutes']} | "
-        lines.append(run + " | ".join(cells) + " |")
+    labels = [label for _, label in TEACHER + GENERATED]
+    head = "| variant | what | train min | steps (best) | " + " | ".join(labels) + " |"
+    lines = [head, "|" + "---|" * (4 + len(labels))]
+    ranked = sorted(results.values(), key=teacher_forced_score, reverse=True)
+    for r in ranked:
+        cells = [cell(r["teacher_forced"].get(k)) for k, _ in TEACHER]
+        cells += [cell(r["app"].get(k)) if r["app"] else "not scored" for k, _ in GENERATED]
+        lines.append(
+            f"| {r['name']} | {r['what']} | {r['train_minutes']} | {r['steps']} ({r['best_step']}) | "
+            + " | ".join(cells)
+            + " |"
+        )
     return "\n".join(lines) + "\n"
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--only", help="Comma-separated variant names (default: all).")
-    parser.add_argument("--minutes", type=float, default=0, help="Training-time budget per variant (0 = epochs).")
+    parser.add_argument("--minutes", type=float, default=0, help="Training minutes per variant (0 = epochs).")
     parser.add_argument("--steps", type=int, default=0, help="Optimizer steps per variant (0 = epochs).")
+    parser.add_argument("--scenarios", type=Path, help="The corpus every variant trains on (default: the config's).")
+    parser.add_argument(
+        "--score-top",
+        type=int,
+        default=2,
+        help="Score this many variants (best by teacher-forced call score) in llama.cpp; 0 = all.",
+    )
     parser.add_argument("--root", type=Path, default=ROOT / "runs" / "sweep", help="Where the variants' runs go.")
     parser.add_argument("--greedy", action="store_true", help="Also score each variant with plain greedy decoding.")
     parser.add_argument("--json", action="store_true", help="Print the results as JSON.")
@@ -147,16 +185,28 @@ def main() -> None:
     console = Console(stderr=True)
     store = args.root / "results.json"
     results = json.loads(store.read_text()) if store.is_file() else {}
-    for name in names:
-        if name in results:
-            console.print(f"[cyan]{name}[/]: done already")
-            continue
-        console.print(f"[bold]{name}[/]: {VARIANTS[name][0]}")
-        results[name] = run_variant(
-            name, VARIANTS[name][1], args.minutes, args.root, console, args.greedy, args.steps or None
-        )
+
+    def save() -> None:
         write_json(store, results)
         write_text(args.root / "results.md", table(results))
+
+    for name in names:
+        if name in results:
+            console.print(f"[cyan]{name}[/]: trained already")
+            continue
+        console.print(f"[bold]{name}[/]: {VARIANTS[name][0]}")
+        scenarios = args.scenarios.resolve() if args.scenarios else None
+        results[name] = train_variant(
+            name, VARIANTS[name][1], args.minutes, args.steps or None, scenarios, args.root, console
+        )
+        save()
+    ranked = sorted((results[n] for n in names), key=teacher_forced_score, reverse=True)
+    for row in ranked[: args.score_top or None]:
+        if row["app"]:
+            continue
+        console.print(f"[bold]{row['name']}[/]: scoring the F16 GGUF in llama.cpp on every held-out turn")
+        score_variant(row, args.root, args.greedy)
+        save()
     if args.json:
         sys.stdout.write(json.dumps(results, indent=2) + "\n")
     else:

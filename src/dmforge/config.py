@@ -124,8 +124,8 @@ class TrainConfig(_Section):
     max_minutes: float | None = Field(
         None,
         gt=0,
-        description="A training-time budget: the run is planned (from the preflight's measured speed) to end "
-        "within it, and stops at it in any case.",
+        description="A training-time budget: the run's steps are planned from the preflight's measured speed to "
+        "fill it (`epochs` is then ignored, unless `max_steps` is set), and training stops at it in any case.",
     )
     max_seq_len: int = Field(
         2048,
@@ -163,6 +163,18 @@ class TrainConfig(_Section):
         le=20.0,
         description="Loss weight of the tokens that decide and write a tool call (each call, and the end of a turn "
         "that makes none), against 1 for narration. Calls are a few percent of a DM's tokens.",
+    )
+    argument_loss_weight: float = Field(
+        3.0,
+        ge=1.0,
+        le=50.0,
+        description="Loss weight of a call's argument tokens, the skill, save, weapon or dice after the tool's name "
+        "(` perception` in `[roll: perception]`): the one or two tokens that decide which roll is asked for.",
+    )
+    call_balance: Literal["none", "sqrt"] = Field(
+        "none",
+        description="`sqrt`: scale each call's argument weight by the inverse square root of how often its intent "
+        "(`roll: perception`) occurs in training (mean kept), so rare skills pull as hard as frequent ones.",
     )
     loss_on: Literal["dm", "all"] = Field(
         "dm",

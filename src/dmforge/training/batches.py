@@ -11,6 +11,7 @@ import random
 import torch
 
 from dmforge.training.chat import IGNORE, Sample
+from dmforge.training.weights import TokenWeights
 
 GROUP = 16  # batches per sorting window: large enough to group lengths, small enough to stay random
 
@@ -28,11 +29,13 @@ def epoch_batches(lengths: list[int], batch_size: int, seed: int, epoch: int) ->
     return batches
 
 
-def collate(samples: list[Sample], pad_id: int, call_weight: float = 1.0) -> dict[str, torch.Tensor | None]:
+def collate(
+    samples: list[Sample], pad_id: int, token_weights: TokenWeights | None = None
+) -> dict[str, torch.Tensor | None]:
     """Right-pad to the longest sample; padding is masked out of attention and loss.
 
-    `weights` is each label's weight in the loss: 1 for the DM's tokens, `call_weight` for the tokens
-    that decide and write a tool call (see loss.py), 0 elsewhere.
+    `weights` is each label's weight in the loss: 1 for the DM's tokens, heavier for the tokens that
+    decide and write a tool call and for the call's argument (training/weights.py), 0 elsewhere.
     """
     width = max(len(s.input_ids) for s in samples)
     ids = torch.full((len(samples), width), pad_id, dtype=torch.long)
@@ -45,11 +48,8 @@ def collate(samples: list[Sample], pad_id: int, call_weight: float = 1.0) -> dic
         labels[row, :n] = torch.tensor(s.labels)
         mask[row, :n] = 1
         weights[row, :n] = (labels[row, :n] != IGNORE).float()
-        if call_weight != 1.0:
-            for call in s.calls:
-                weights[row, call.start : call.end] = call_weight
-            for position in (t for turn in s.quiet_turns for t in turn):
-                weights[row, position] = call_weight
+        if token_weights is not None:
+            token_weights.fill(weights[row], s)
     # Without padding the mask is left out: attention then takes its fast causal path (about 30% faster on CPU).
     return {
         "input_ids": ids,

@@ -38,12 +38,19 @@ class CallSpan:
     """Token positions of one tool call inside a sample: `[start, end)`, and where its intent ends.
 
     The intent is the tool's name and positional values (`[roll: perception`): the tokens before the
-    first `,` or the closing `]`.
+    first `,` or the closing `]`. Its argument, `[argument_start, intent_end)`, is what decides which
+    roll is asked for (` perception`); the tokens before it (`[roll:`) are the same for every roll.
     """
 
     start: int
     end: int
     intent_end: int
+    argument_start: int = -1  # -1: no argument (`[initiative]`); the span is then empty
+    intent: str = ""  # `roll: perception`, folded: what the class-balanced weights count
+
+    @property
+    def argument(self) -> range:
+        return range(self.argument_start, self.intent_end) if self.argument_start >= 0 else range(0)
 
 
 @dataclass
@@ -246,9 +253,15 @@ def _mark_calls(sample: Sample, content: str, at: int, offsets, span: tuple[int,
         cut = min(i for i in (bracket.text.find(","), len(bracket.text) - 1) if i >= 0)
         start_tok = _token_at(offsets, begin, last)
         end_tok = _token_at(offsets, opening + len(bracket.text), last)
-        intent_tok = max(start_tok + 1, _token_at(offsets, opening + cut, last))
+        intent_tok = min(max(start_tok + 1, _token_at(offsets, opening + cut, last)), end_tok)
+        colon = bracket.text.find(":")
+        # The argument's first token is the one holding the first character after the colon (its space).
+        argument_tok = _token_at(offsets, opening + colon + 1, last) if 0 < colon < cut else -1
+        if not start_tok < argument_tok < intent_tok:
+            argument_tok = -1
+        intent = " ".join(bracket.text[1:cut].split()).lower()
         if first <= start_tok < end_tok <= last:
-            sample.calls.append(CallSpan(start_tok, end_tok, min(intent_tok, end_tok)))
+            sample.calls.append(CallSpan(start_tok, end_tok, intent_tok, argument_tok, intent))
 
 
 def _per_turn_samples(

@@ -279,10 +279,15 @@ def _finetune_locked(
             minutes = preflight.total_seconds / 60
             tip = advice(base.spec, minutes, base.preset.parameters_m, t.max_minutes)
             console.print(f"[bold]bases[/] {escape(tip)}")
-        if t.max_minutes and preflight.total_seconds > t.max_minutes * 60:
-            # Plan the schedule to end inside the budget, rather than cutting a cosine schedule off midway.
+        if t.max_minutes and not t.max_steps:
+            # Plan the schedule to fill the budget, rather than cutting a cosine schedule off midway or
+            # stopping short of it: equal minutes is how recipes are compared (bench/quality_sweep.py).
             fit = max(1, int(preflight.total_steps * t.max_minutes * 60 / preflight.total_seconds))
-            console.print(f"[bold]budget[/] {t.max_minutes:g} min: {fit} of {preflight.total_steps} steps")
+            epochs = fit * t.grad_accum * t.batch_size / len(train)
+            console.print(
+                f"[bold]budget[/] {t.max_minutes:g} min: {fit} steps, {epochs:.1f} epochs "
+                f"(the recipe's {t.epochs:g} epochs would be {preflight.total_steps} steps)"
+            )
             t = t.model_copy(update={"max_steps": fit})
 
     accelerator = None

@@ -37,6 +37,7 @@ from dmforge.training.checkpoint import (
 )
 from dmforge.training.loss import dm_turn_loss, full_logits_loss
 from dmforge.training.validation import Validation, validate
+from dmforge.training.weights import token_weights
 
 
 @dataclass
@@ -185,6 +186,7 @@ def train_loop(
     noise = _neftune(model, config.neftune_alpha) if config.neftune_alpha else None
     rank, world = (accelerator.process_index, accelerator.num_processes) if accelerator else (0, 1)
     trainable = [p for p in model.parameters() if p.requires_grad]
+    weights = token_weights(config, train)
     step_rng = None  # the random state at the start of the step in progress; None between steps
     committing = False  # inside the block that applies a step, where a hard stop leaves no whole state
 
@@ -200,7 +202,7 @@ def train_loop(
                 started = time.monotonic()
                 step_rng = rng_state()
                 micro_batches = step_batches(train, config, plan, state.step)
-                tensors_list = [collate(b, pad_id, config.call_loss_weight) for b in micro_batches]
+                tensors_list = [collate(b, pad_id, weights) for b in micro_batches]
                 step_weight = sum(float(t["weights"].sum()) for t in tensors_list)
                 step_tokens = sum(s.trained_tokens for b in micro_batches for s in b)
                 step_loss = 0.0

@@ -22,6 +22,7 @@ from dmforge.training.batches import to_device as _to
 from dmforge.training.chat import Sample
 from dmforge.training.loop import make_plan
 from dmforge.training.loss import dm_turn_loss
+from dmforge.training.weights import token_weights
 
 
 @dataclass
@@ -65,9 +66,10 @@ def run_preflight(
     if hardware.device == "cuda":
         torch.cuda.reset_peak_memory_stats()
     tokens, seconds = 0, 0.0
+    weights = token_weights(config, samples)
     for step in range(steps):
         batch = longest[step * config.batch_size : (step + 1) * config.batch_size] or longest[: config.batch_size]
-        tensors = _to(collate(batch, pad_id, config.call_loss_weight), hardware.device)
+        tensors = _to(collate(batch, pad_id, weights), hardware.device)
         started = time.monotonic()
         loss, weight = dm_turn_loss(
             model, tensors["input_ids"], tensors["attention_mask"], tensors["labels"], tensors["weights"]

@@ -1,0 +1,64 @@
+"""How much each trained token weighs in the loss: narration, the call, and the call's argument.
+
+A DM turn is mostly narration, and the loss is mostly narration's. What the app needs most is the
+call, and within the call one or two tokens decide everything: in `[roll: perception]` the model
+already knows `[roll:` from the scene (a check is due), and only ` perception` says *which* check.
+So three weights, from light to heavy:
+
+- narration: 1;
+- the call's tokens, and the first and last token of a turn that makes none (the decision):
+  `call_loss_weight`;
+- the argument's tokens (the skill, save, weapon or dice right after the tool's name):
+  `argument_loss_weight`.
+
+With `call_balance: sqrt`, a call's argument weight is also scaled by the inverse square root of how
+often its intent (`roll: perception`) occurs in the training set, normalised so that the mean over
+all calls stays the same: a rare skill's six examples then pull as hard as a frequent skill's
+twenty-five, against the collapse onto the frequent strings.
+"""
+
+from __future__ import annotations
+
+import math
+from collections import Counter
+from dataclasses import dataclass, field
+
+import torch
+
+from dmforge.config import TrainConfig
+from dmforge.training.chat import Sample
+
+
+@dataclass(frozen=True)
+class TokenWeights:
+    call: float = 1.0
+    argument: float = 1.0
+    balance: dict[str, float] = field(default_factory=dict)  # intent → factor on its argument weight
+
+    def fill(self, row: torch.Tensor, sample: Sample) -> None:
+        """Set the call and argument weights of one sample's row (already 1 on trained tokens, 0 elsewhere)."""
+        if self.call != 1.0:
+            for position in (t for turn in sample.quiet_turns for t in turn):
+                row[position] = self.call
+        for call in sample.calls:
+            if self.call != 1.0:
+                row[call.start : call.end] = self.call
+            argument = self.argument * self.balance.get(call.intent, 1.0)
+            if call.argument and argument != self.call:
+                row[call.argument.start : call.argument.stop] = argument
+
+
+def intent_balance(samples: list[Sample]) -> dict[str, float]:
+    """Inverse square root of each intent's count among the calls, normalised to a mean of 1 over the calls."""
+    counts = Counter(call.intent for s in samples for call in s.calls)
+    if not counts:
+        return {}
+    raw = {intent: 1 / math.sqrt(n) for intent, n in counts.items()}
+    mean = sum(raw[intent] * n for intent, n in counts.items()) / sum(counts.values())
+    return {intent: value / mean for intent, value in raw.items()}
+
+
+def token_weights(config: TrainConfig, samples: list[Sample]) -> TokenWeights:
+    """The weights a run trains with; the balance is counted on its own training samples."""
+    balance = intent_balance(samples) if config.call_balance == "sqrt" else {}
+    return TokenWeights(config.call_loss_weight, config.argument_loss_weight, balance)
