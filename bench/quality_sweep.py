@@ -48,6 +48,16 @@ VARIANTS: dict[str, tuple[str, dict]] = {
         "argument tokens 10x, balanced by 1/sqrt of the intent's count",
         {"train": {"argument_loss_weight": 10.0, "call_balance": "sqrt"}},
     ),
+    "top8": ("LoRA on the top 8 of 30 layers, frozen layers cached", {"train": {"lora_layers": 8}}),
+    "top8-arg10": (
+        "top 8 layers cached, argument tokens 10x",
+        {"train": {"lora_layers": 8, "argument_loss_weight": 10.0}},
+    ),
+    "top8-arg10-sqrt": (
+        "top 8 layers cached, argument tokens 10x balanced by 1/sqrt of the intent's count",
+        {"train": {"lora_layers": 8, "argument_loss_weight": 10.0, "call_balance": "sqrt"}},
+    ),
+    "top15": ("LoRA on the top 15 of 30 layers, frozen layers cached", {"train": {"lora_layers": 15}}),
     "weight20": ("every call token weighted 20x", {"train": {"call_loss_weight": 20.0, "argument_loss_weight": 20.0}}),
     "plain": ("no call weighting", {"train": {"call_loss_weight": 1.0}}),
     "calls-first": ("calls before the narration in training", {"data": {"call_order": "first"}}),
@@ -60,7 +70,6 @@ VARIANTS: dict[str, tuple[str, dict]] = {
     "augment1": ("one renamed copy of each training scenario", {"data": {"augment_copies": 1}}),
     "neftune5": ("NEFTune noise, alpha 5", {"train": {"neftune_alpha": 5.0}}),
     "loss-all": ("loss on every token, not only the DM's", {"train": {"loss_on": "all"}}),
-    "top-half": ("LoRA on the top 15 of 30 layers (faster steps)", {"train": {"lora_layers": 15}}),
     "loss-select": ("adapter chosen by validation loss", {"train": {"select_by": "loss"}}),
 }
 

@@ -102,3 +102,42 @@ def test_a_model_that_never_calls_scores_zero_call_f1_however_many_quiet_turns_i
     assert m["call_decision_accuracy"] == pytest.approx(6 / 8)
     assert m["call_f1"] == 0.0 and m["call_precision"] is None
     assert aggregate(quiet)["call_f1"] is None, "nothing to call and nothing called: not measured"
+
+
+def test_where_both_call_separates_the_wrong_tool_from_the_wrong_argument(score):
+    verdicts = [
+        score("[roll: perception]", gold="[roll: perception]"),  # right tool, right skill
+        score("[roll: insight]", gold="[roll: perception]"),  # right tool, wrong skill
+        score("[roll: insight]", gold="[roll: persuasion]"),  # right tool, wrong skill
+        score("[attack: dagger, target=orc]", gold="[roll: stealth]"),  # wrong tool
+        score("[roll: 1d6]", gold="[roll: 2d6]"),  # dice either way: the same subject, not the same intent
+        score("[roll: perception]", gold="Quiet."),  # only the model calls: not counted
+        score("Quiet.", gold="[roll: perception]"),  # only the gold calls: not counted
+    ]
+    m = aggregate(verdicts)
+    assert m["both_call_turns"] == 5
+    assert m["tool_accuracy"] == pytest.approx(4 / 5)
+    assert m["argument_accuracy"] == pytest.approx(1 / 5)
+    assert m["both_roll_turns"] == 4 and m["roll_subject_accuracy"] == pytest.approx(2 / 4)
+    assert m["roll_confusion"] == {
+        "perception": {"perception": 1, "insight": 1},
+        "persuasion": {"insight": 1},
+        "dice": {"dice": 1},
+    }
+
+
+def test_call_decision_per_category(score):
+    verdicts = [
+        score("[initiative]", gold="[initiative]"),
+        score("Quiet.", gold="[initiative]"),
+        score("Quiet.", gold="Quiet."),
+    ]
+    m = aggregate(verdicts, ["combat", "combat", "social"])
+    assert m["decision_per_category"]["combat"] == {
+        "turns": 2,
+        "call_decision_accuracy": 0.5,
+        "gold_call_share": 1.0,
+        "predicted_call_share": 0.5,
+    }
+    assert m["decision_per_category"]["social"]["call_decision_accuracy"] == 1.0
+    assert aggregate(verdicts)["decision_per_category"] == {}

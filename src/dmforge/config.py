@@ -157,6 +157,12 @@ class TrainConfig(_Section):
         description="Adapt only the top N transformer layers (all when unset). The backward pass then stops at "
         "the lowest adapted layer: adapting the top half makes a step about a third faster.",
     )
+    cache_frozen_layers: bool = Field(
+        True,
+        description="With `lora_layers`, run the frozen layers below the adapted ones once per sample and keep their "
+        "output, so every epoch after the first runs only the adapted layers (training/frozen.py). Not with "
+        "NEFTune, which changes the frozen layers' input every step, nor across several processes.",
+    )
     call_loss_weight: float = Field(
         3.0,
         ge=1.0,

@@ -23,6 +23,8 @@ from dmforge.models.resolve import sha256_file
 from dmforge.tools.registry import Registry
 from dmforge.training.chat import Sample
 
+# Raised whenever the metrics computed from a column's replies change, so a cached column is scored again.
+SCORING_VERSION = 2
 PERPLEXITY_TOKENS = 8000  # tokens of held-out conversations the perplexity is measured on
 
 
@@ -56,6 +58,7 @@ class Column:
     def key(self, turns: list[EvalTurn], source: str, n_ctx: int) -> dict:
         grammar = hashlib.sha256(self.grammar.encode()).hexdigest()[:16] if self.uses_grammar else None
         return {
+            "scoring": SCORING_VERSION,
             "source": source,
             "n_ctx": n_ctx,
             "turns": [[t.conversation, t.index] for t in turns],
@@ -98,7 +101,7 @@ def score_column(
     groups = by_conversation(turns)
     prompts = [[t.prompt for t in group] for group in groups]
     replies = batch_replies(runtime, prompts, column.decode, column.grammar, on_reply=on_reply)
-    verdicts, details = [], []
+    verdicts, details, categories = [], [], []
     for group, answers in zip(groups, replies, strict=True):
         for turn, reply in zip(group, answers, strict=True):
             verdict = score_turn(
@@ -111,6 +114,7 @@ def score_column(
                 hit_limit=reply.hit_limit,
             )
             verdicts.append(verdict)
+            categories.append(turn.category)
             details.append(
                 {
                     "column": column.name,
@@ -123,7 +127,7 @@ def score_column(
                     "verdict": verdict.to_json(),
                 }
             )
-    metrics = aggregate(verdicts)
+    metrics = aggregate(verdicts, categories)
     metrics["perplexity"] = perplexity(runtime, samples) if samples else None
     metrics["mean_reply_tokens"] = sum(d["tokens"] for d in details) / max(1, len(details))
     return {"metrics": metrics, "details": details, "decoding": column.label, "file": str(column.path)}

@@ -29,7 +29,7 @@ from collections import Counter
 from dataclasses import asdict, dataclass, field
 
 from dmforge.tools.registry import Registry, check_call
-from dmforge.tools.syntax import BracketKind, ToolCall, scan_brackets
+from dmforge.tools.syntax import BracketKind, CallSyntaxError, ToolCall, parse, scan_brackets
 
 ASSISTANT_SPEAK = re.compile(
     r"\b(as an ai|as a language model|language model|i'?m (just )?an ai|i am an ai|i'?m happy to help|"
@@ -217,8 +217,70 @@ def _ratio(num: float, den: float) -> float | None:
     return None if den == 0 else num / den
 
 
-def aggregate(verdicts: list[TurnVerdict]) -> dict:
-    """Corpus-level metrics from per-turn verdicts (None where a metric has nothing to measure)."""
+def _tools(calls: list[str]) -> set[str]:
+    return {c.split(":")[0].strip("[]") for c in calls}
+
+
+def roll_subject(calls: list[str]) -> str | None:
+    """What the first `roll` call asks for (`perception`, `dexterity save`, `dice` for a dice roll), or None."""
+    for text in calls:
+        try:
+            call = parse(text)
+        except CallSyntaxError:
+            continue
+        if call.name == "roll" and call.positional:
+            subject = call.normalized().positional[0]
+            return "dice" if DICE_LIKE.fullmatch(subject) else subject
+    return None
+
+
+DICE_LIKE = re.compile(r"[0-9d+\-*/() khlr]+")
+
+
+def where_both_call(verdicts: list[TurnVerdict]) -> dict:
+    """What goes wrong when the model calls on a turn the gold calls on too: the tool, or its argument.
+
+    - `tool_accuracy`: the same set of tools (a roll where a roll is due, an attack where an attack is);
+    - `argument_accuracy`: the same tools with the same positional values (intent match on these turns);
+    - `roll_subject_accuracy` over the turns where both roll: the same check, save or dice, and the
+      confusion behind it (`roll_confusion[gold][predicted]`, counts).
+    """
+    both = [v for v in verdicts if v.gold_calls and v.predicted_calls]
+    rolls = [(roll_subject(v.gold_calls), roll_subject(v.predicted_calls)) for v in both]
+    rolls = [(gold, predicted) for gold, predicted in rolls if gold and predicted]
+    confusion: dict[str, dict[str, int]] = {}
+    for gold, predicted in rolls:
+        row = confusion.setdefault(gold, {})
+        row[predicted] = row.get(predicted, 0) + 1
+    return {
+        "both_call_turns": len(both),
+        "tool_accuracy": _ratio(sum(_tools(v.gold_calls) == _tools(v.predicted_calls) for v in both), len(both)),
+        "argument_accuracy": _ratio(sum(v.intent_match for v in both), len(both)),
+        "both_roll_turns": len(rolls),
+        "roll_subject_accuracy": _ratio(sum(gold == predicted for gold, predicted in rolls), len(rolls)),
+        "roll_confusion": confusion,
+    }
+
+
+def decision_per_category(verdicts: list[TurnVerdict], categories: list[str]) -> dict[str, dict]:
+    """Call decision accuracy per scenario category, with how often the gold calls there."""
+    out: dict[str, dict] = {}
+    for category in sorted(set(categories)):
+        mine = [v for v, c in zip(verdicts, categories, strict=True) if c == category]
+        out[category] = {
+            "turns": len(mine),
+            "call_decision_accuracy": _ratio(sum(v.decision_correct for v in mine), len(mine)),
+            "gold_call_share": _ratio(sum(bool(v.gold_calls) for v in mine), len(mine)),
+            "predicted_call_share": _ratio(sum(bool(v.predicted_calls) for v in mine), len(mine)),
+        }
+    return out
+
+
+def aggregate(verdicts: list[TurnVerdict], categories: list[str] | None = None) -> dict:
+    """Corpus-level metrics from per-turn verdicts (None where a metric has nothing to measure).
+
+    `categories`, one per verdict, adds the call decision per scenario category.
+    """
     n = len(verdicts)
     tp = sum(bool(v.gold_calls) and bool(v.predicted_calls) for v in verdicts)
     fp = sum(not v.gold_calls and bool(v.predicted_calls) for v in verdicts)
@@ -263,4 +325,6 @@ def aggregate(verdicts: list[TurnVerdict]) -> dict:
         "in_character_rate": _ratio(sum(v.in_character for v in verdicts), n),
         "mention_recall": _ratio(sum(v.mentions_found for v in verdicts), sum(v.mentions_expected for v in verdicts)),
         "median_length_ratio": lengths[n // 2] if n else None,
+        **where_both_call(verdicts),
+        "decision_per_category": decision_per_category(verdicts, categories) if categories else {},
     }

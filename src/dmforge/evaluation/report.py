@@ -24,6 +24,9 @@ HEADLINE = [
     ("call_precision", "call precision", True),
     ("call_recall", "call recall", True),
     ("call_f1", "call F1", True),
+    ("tool_accuracy", "tool right, when both call", True),
+    ("argument_accuracy", "argument right, when both call", True),
+    ("roll_subject_accuracy", "roll subject right, when both roll", True),
     ("continuation_consistency", "continuation consistency", True),
     ("in_character_rate", "in-character rate", True),
     ("mention_recall", "name and place mentions", True),
@@ -66,7 +69,7 @@ def table_rows(report: dict) -> tuple[list[str], list[list[str]]]:
 
 
 def chart_png(path: Path, models: dict[str, dict]) -> None:
-    keys = [(k, label) for k, label, higher in HEADLINE[:9] if higher is not None]
+    keys = [(k, label) for k, label, higher in HEADLINE[:8] if higher is not None]
     fig = figure(10, 4.2)
     ax = fig.subplots()
     width = 0.8 / max(1, len(models))
@@ -79,6 +82,45 @@ def chart_png(path: Path, models: dict[str, dict]) -> None:
     ax.set_title("Tool calls on held-out DM turns (loop rate: lower is better)")
     ax.legend(fontsize=8)
     save_figure(fig, path)
+
+
+def confusion_png(path: Path, confusion: dict[str, dict[str, int]], title: str) -> None:
+    """The roll-subject confusion matrix: gold check (rows) by the model's check (columns), as counts."""
+    import numpy as np
+
+    gold = sorted(confusion)
+    predicted = sorted({p for row in confusion.values() for p in row} | set(gold))
+    counts = np.array([[confusion[g].get(p, 0) for p in predicted] for g in gold], dtype=float)
+    fig = figure(max(5.0, 0.38 * len(predicted) + 2.5), max(3.0, 0.34 * len(gold) + 2.0))
+    ax = fig.subplots()
+    ax.imshow(counts / np.maximum(counts.sum(axis=1, keepdims=True), 1), cmap="Blues", vmin=0, vmax=1)
+    for i in range(len(gold)):
+        for j in range(len(predicted)):
+            if counts[i, j]:
+                ax.text(j, i, f"{counts[i, j]:.0f}", ha="center", va="center", fontsize=7)
+    ax.set_xticks(range(len(predicted)), predicted, rotation=60, ha="right", fontsize=7)
+    ax.set_yticks(range(len(gold)), gold, fontsize=7)
+    ax.set_xlabel("the model asked for")
+    ax.set_ylabel("the scenario asked for")
+    ax.set_title(title, fontsize=9)
+    save_figure(fig, path)
+
+
+def category_rows(metrics: dict) -> list[list[str]]:
+    """The call decision per scenario category: category, turns, decision, gold and model call shares."""
+    return [
+        [
+            category,
+            str(row["turns"]),
+            _fmt(row["call_decision_accuracy"]),
+            _fmt(row["gold_call_share"]),
+            _fmt(row["predicted_call_share"]),
+        ]
+        for category, row in (metrics.get("decision_per_category") or {}).items()
+    ]
+
+
+CATEGORY_HEADERS = ["category", "turns", "decision", "gold calls", "model calls"]
 
 
 def _ship_lines(report: dict) -> list[str]:
@@ -117,6 +159,15 @@ def write_reports(out: Path, report: dict) -> None:
     md += ["| " + " | ".join(row) + " |" for row in rows]
     md += ["", *_ship_lines(report)]
     shipped = (report.get("ship") or {}).get("quant")
+    focus = shipped if shipped in models else next(iter(models), "")
+    categories = category_rows(models.get(focus) or {})
+    if categories:
+        md += [f"Call decision per category ({focus}):", "", "| " + " | ".join(CATEGORY_HEADERS) + " |"]
+        md += ["|" + "---|" * len(CATEGORY_HEADERS), *("| " + " | ".join(row) + " |" for row in categories), ""]
+    confusion = (models.get(focus) or {}).get("roll_confusion") or {}
+    if confusion:
+        confusion_png(out / "roll-confusion.png", confusion, f"Which roll, when both roll ({focus})")
+        md += ["![roll confusion](roll-confusion.png)", ""]
     per_tool = (models.get(shipped) or {}).get("per_tool", {})
     if per_tool:
         md.append(
@@ -135,6 +186,16 @@ def write_reports(out: Path, report: dict) -> None:
     body = "".join("<tr>" + "".join(f"<td>{html.escape(c)}</td>" for c in row) + "</tr>" for row in rows)
     legend = "".join(f"<li><b>{html.escape(n)}</b>: {html.escape(label)}</li>" for n, label in decoding.items())
     ship = "".join(f"<p>{html.escape(line)}</p>" for line in _ship_lines(report)[:1])
+    if categories:
+        ship += f"<h2>Call decision per category ({html.escape(focus)})</h2><table>"
+        ship += "<tr>" + "".join(f"<th>{html.escape(h)}</th>" for h in CATEGORY_HEADERS) + "</tr>"
+        ship += "".join("<tr>" + "".join(f"<td>{html.escape(c)}</td>" for c in row) + "</tr>" for row in categories)
+        ship += "</table>"
+    if confusion:
+        matrix = base64.b64encode((out / "roll-confusion.png").read_bytes()).decode()
+        ship += '<h2>Which roll, when both roll</h2><img alt="roll confusion" src="data:image/png;base64,'
+        ship += matrix + '">'
+
     write_text(
         out / "report.html",
         f"""<!doctype html>

@@ -22,6 +22,7 @@ class EvalTurn:
     tool_results: str | None  # the tool message right before the turn, if it continues after results
     party: list[str]
     location: str
+    category: str = ""
 
     @property
     def windowed(self) -> bool:
@@ -57,6 +58,7 @@ def eval_turns(
                     previous["content"] if previous["role"] == "tool" else None,
                     c.get("party", []),
                     c.get("location", ""),
+                    c.get("category", ""),
                 )
             )
         per_conversation.append(turns)

@@ -43,9 +43,10 @@ from dmforge.scenarios import check_paths
 from dmforge.tools.registry import Registry
 from dmforge.training.chat import build_samples, detect_chat_format, template_messages
 from dmforge.training.checkpoint import load_trainable_state
+from dmforge.training.frozen import frozen_cache
 from dmforge.training.incremental import Lineage, incremental_samples, load_parent_adapter, scaled_steps
 from dmforge.training.loop import make_plan, train_loop
-from dmforge.training.lora import lora_model, merge_adapter
+from dmforge.training.lora import lora_model, merge_adapter, use_unsloth
 from dmforge.training.plots import loss_curve_png, metrics_html
 from dmforge.training.preflight import run_preflight
 
@@ -269,9 +270,13 @@ def _finetune_locked(
         if t.preflight_steps
         else "skipped (train.preflight_steps is 0)",
     )
+    world = int(os.environ.get("WORLD_SIZE", "1"))
+    # NEFTune changes the frozen layers' input every step, and Unsloth and DDP run their own forward passes.
+    cacheable = world == 1 and not t.neftune_alpha and not use_unsloth(t, hardware)
+    cache = frozen_cache(model, t.cache_frozen_layers and cacheable)
     if t.preflight_steps and not resuming:
         with console.status("preflight: timing a few real steps…"):
-            preflight = run_preflight(model, train, t, hardware, pad_id)
+            preflight = run_preflight(model, train, t, hardware, pad_id, cache)
         console.print(f"[bold]preflight[/] {preflight.summary()}")
         if base.preset is not None:
             from dmforge.models.recommend import advice
@@ -282,8 +287,9 @@ def _finetune_locked(
         if t.max_minutes and not t.max_steps:
             # Plan the schedule to fill the budget, rather than cutting a cosine schedule off midway or
             # stopping short of it: equal minutes is how recipes are compared (bench/quality_sweep.py).
-            fit = max(1, int(preflight.total_steps * t.max_minutes * 60 / preflight.total_seconds))
-            epochs = fit * t.grad_accum * t.batch_size / len(train)
+            steps_per_epoch = make_plan(train, t).batches_per_epoch / t.grad_accum
+            fit = preflight.steps_within(t.max_minutes * 60, steps_per_epoch)
+            epochs = fit / steps_per_epoch
             console.print(
                 f"[bold]budget[/] {t.max_minutes:g} min: {fit} steps, {epochs:.1f} epochs "
                 f"(the recipe's {t.epochs:g} epochs would be {preflight.total_steps} steps)"
@@ -291,7 +297,7 @@ def _finetune_locked(
             t = t.model_copy(update={"max_steps": fit})
 
     accelerator = None
-    if int(os.environ.get("WORLD_SIZE", "1")) > 1:  # launched by `accelerate launch` on several GPUs
+    if world > 1:  # launched by `accelerate launch` on several GPUs
         from accelerate import Accelerator
 
         accelerator = Accelerator()
@@ -317,6 +323,7 @@ def _finetune_locked(
             accelerator,
             log=log,
             bracket_ids=bracket_tokens(tokenizer),
+            cache=cache,
         )
 
     # The adapter that ships is the best by held-out call score (or validation loss), not merely the last.

@@ -35,6 +35,7 @@ from dmforge.training.checkpoint import (
     save_checkpoint,
     trainable_state,
 )
+from dmforge.training.frozen import FrozenCache
 from dmforge.training.loss import dm_turn_loss, full_logits_loss
 from dmforge.training.validation import Validation, validate
 from dmforge.training.weights import token_weights
@@ -91,10 +92,10 @@ def is_better(result: Validation, state: LoopState, select_by: str) -> bool:
 
 
 def _validate_and_select(
-    model, validation, device, state: LoopState, config, best_path: Path, log, bracket_ids: frozenset[int]
+    model, validation, device, state: LoopState, config, best_path: Path, log, bracket_ids: frozenset[int], cache
 ) -> bool:
     """Score the held-out samples; keep this adapter as the one that ships if it is the best so far."""
-    result = validate(model, validation, device, bracket_ids)
+    result = validate(model, validation, device, bracket_ids, cache)
     state.val_loss.append((state.step, result.loss))
     state.val_calls.append((state.step, result.to_json()))
     if log:
@@ -119,11 +120,13 @@ def _neftune(model, alpha: float):
     return embeddings.register_forward_hook(add_noise)
 
 
-def _step_loss(model, tensors: dict, full_logits: bool) -> tuple[torch.Tensor, float]:
+def _step_loss(model, tensors: dict, full_logits: bool, cache=None, samples=None) -> tuple[torch.Tensor, float]:
     if full_logits:  # under DDP the wrapped forward must run, or gradients are not synchronized
         logits = model(input_ids=tensors["input_ids"], attention_mask=tensors["attention_mask"]).logits
         return full_logits_loss(logits, tensors["labels"], tensors["weights"])
-    return dm_turn_loss(model, tensors["input_ids"], tensors["attention_mask"], tensors["labels"], tensors["weights"])
+    ids, mask = tensors["input_ids"], tensors["attention_mask"]
+    decoded = cache.last_hidden(samples, ids, mask) if cache is not None else None
+    return dm_turn_loss(model, ids, mask, tensors["labels"], tensors["weights"], decoded)
 
 
 def _progress(console: Console) -> Progress:
@@ -154,8 +157,12 @@ def train_loop(
     accelerator=None,
     log=None,
     bracket_ids: frozenset[int] = frozenset(),
+    cache: FrozenCache | None = None,
 ) -> LoopState:
-    """Train until `max_steps`/`epochs` or early stopping; resume from the run's latest checkpoint."""
+    """Train until `max_steps`/`epochs` or early stopping; resume from the run's latest checkpoint.
+
+    With a `cache`, the frozen lower layers run once per sample (training/frozen.py).
+    """
     device = next(model.parameters()).device.type
     plan = make_plan(train, config)
     optimizer, scheduler = make_optimizer(model, config, plan.total_steps)
@@ -187,6 +194,10 @@ def train_loop(
     rank, world = (accelerator.process_index, accelerator.num_processes) if accelerator else (0, 1)
     trainable = [p for p in model.parameters() if p.requires_grad]
     weights = token_weights(config, train)
+
+    def validate_and_select() -> bool:
+        return _validate_and_select(model, validation, device, state, config, best_path, log, bracket_ids, cache)
+
     step_rng = None  # the random state at the start of the step in progress; None between steps
     committing = False  # inside the block that applies a step, where a hard stop leaves no whole state
 
@@ -207,8 +218,8 @@ def train_loop(
                 step_tokens = sum(s.trained_tokens for b in micro_batches for s in b)
                 step_loss = 0.0
                 mine = tensors_list[rank::world]
-                for i, batch in enumerate(mine):
-                    loss_sum, _ = _step_loss(model, _to(batch, device), full_logits=world > 1)
+                for i, (batch, members) in enumerate(zip(mine, micro_batches[rank::world], strict=True)):
+                    loss_sum, _ = _step_loss(model, _to(batch, device), world > 1, cache, members)
                     # Dividing by the whole step's weight (all processes) gives an exact per-token mean.
                     loss = loss_sum / max(step_weight, 1.0)
                     if accelerator is not None:
@@ -246,7 +257,7 @@ def train_loop(
 
                     last = state.step >= plan.total_steps
                     if validation and (state.step % config.eval_every == 0 or last):
-                        if _validate_and_select(model, validation, device, state, config, best_path, log, bracket_ids):
+                        if validate_and_select():
                             state.bad_evals = 0
                         else:
                             state.bad_evals += 1
@@ -263,7 +274,7 @@ def train_loop(
                     if config.max_minutes and state.seconds >= config.max_minutes * 60 and not last:
                         state.stopped_early = True  # the time budget is spent: the best adapter so far ships
                         if validation and (not state.val_loss or state.val_loss[-1][0] != state.step):
-                            _validate_and_select(model, validation, device, state, config, best_path, log, bracket_ids)
+                            validate_and_select()
                     if state.step % config.save_every == 0 or last or state.stopped_early:
                         save_checkpoint(checkpoints, model, optimizer, scheduler, state)
                     committing, step_rng = False, None

@@ -50,11 +50,14 @@ def lora_model(base_path: Path, config: TrainConfig, hardware: Hardware):
     if config.qlora:
         model = prepare_model_for_kbit_training(model)
     layers = _top_layers(model, config.lora_layers)
+    targets = config.target_modules
+    if layers is not None and targets == "all-linear":  # PEFT takes a layer subset only with a list of names
+        targets = layer_linear_names(model)
     lora = LoraConfig(
         r=config.lora_r,
         lora_alpha=config.lora_alpha,
         lora_dropout=config.lora_dropout,
-        target_modules=config.target_modules,
+        target_modules=targets,
         layers_to_transform=layers,
         task_type="CAUSAL_LM",
     )
@@ -67,6 +70,19 @@ def _top_layers(model, count: int | None) -> list[int] | None:
         return None
     total = model.config.get_text_config().num_hidden_layers
     return list(range(max(0, total - count), total))
+
+
+def layer_linear_names(model) -> list[str]:
+    """The names of the linear layers inside the transformer layers (`q_proj`, …, `down_proj`): what
+    `all-linear` means, as a list."""
+    decoder = model.get_decoder()
+    return sorted(
+        {
+            name.rsplit(".", 1)[-1]
+            for name, module in decoder.layers.named_modules()
+            if isinstance(module, torch.nn.Linear)
+        }
+    )
 
 
 def _unsloth_targets(targets: str | list[str]) -> list[str]:

@@ -91,10 +91,20 @@ def _fusable(lm_head) -> bool:
     )
 
 
-def trained_hidden(model, input_ids: torch.Tensor, attention_mask: torch.Tensor | None, labels: torch.Tensor):
-    """Hidden states at the positions that predict a trained token, those tokens, and where they sit."""
+def trained_hidden(
+    model,
+    input_ids: torch.Tensor,
+    attention_mask: torch.Tensor | None,
+    labels: torch.Tensor,
+    hidden: torch.Tensor | None = None,
+):
+    """Hidden states at the positions that predict a trained token, those tokens, and where they sit.
+
+    `hidden` is the decoder's output when it was computed already (from the frozen layers' cache).
+    """
     decoder, lm_head, softcap = _model_parts(model)
-    hidden = decoder(input_ids=input_ids, attention_mask=attention_mask, use_cache=False).last_hidden_state
+    if hidden is None:
+        hidden = decoder(input_ids=input_ids, attention_mask=attention_mask, use_cache=False).last_hidden_state
     targets = labels[:, 1:]
     mask = targets != IGNORE
     return hidden[:, :-1][mask], targets[mask], mask, lm_head, softcap
@@ -106,13 +116,15 @@ def dm_turn_loss(
     attention_mask: torch.Tensor | None,
     labels: torch.Tensor,
     weights: torch.Tensor | None = None,
+    decoded: torch.Tensor | None = None,
 ) -> tuple[torch.Tensor, float]:
     """Weighted sum of next-token cross-entropy over the trained positions, and the sum of the weights.
 
     Returning sums (not a mean) lets a step with several micro-batches divide by the step's total
-    weight, so every trained token counts the same whichever micro-batch it landed in.
+    weight, so every trained token counts the same whichever micro-batch it landed in. `decoded` is the
+    decoder's output when the caller computed it (training/frozen.py).
     """
-    hidden, targets, mask, lm_head, softcap = trained_hidden(model, input_ids, attention_mask, labels)
+    hidden, targets, mask, lm_head, softcap = trained_hidden(model, input_ids, attention_mask, labels, decoded)
     w = torch.ones_like(targets, dtype=torch.float32) if weights is None else weights[:, 1:][mask].float()
     if hidden.requires_grad and _fusable(lm_head):
         return _FusedOutputLoss.apply(hidden, lm_head.weight, targets, w, softcap), float(w.sum())

@@ -55,12 +55,12 @@ def _ratio(hits: int, total: int) -> float | None:
     return hits / total if total else None
 
 
-def _correct_tokens(model, sample: Sample, device: str) -> tuple[torch.Tensor, torch.Tensor, float, int]:
+def _correct_tokens(model, sample: Sample, device: str, cache=None) -> tuple[torch.Tensor, torch.Tensor, float, int]:
     """Per position, the model's top next-token prediction and whether it is the gold token; the summed loss."""
     batch = _to(collate([sample], pad_id=0), device)
-    hidden, targets, mask, lm_head, softcap = trained_hidden(
-        model, batch["input_ids"], batch["attention_mask"], batch["labels"]
-    )
+    ids, attention = batch["input_ids"], batch["attention_mask"]
+    decoded = cache.last_hidden([sample], ids, attention) if cache is not None else None
+    hidden, targets, mask, lm_head, softcap = trained_hidden(model, ids, attention, batch["labels"], decoded)
     tops, loss = [], 0.0
     for start in range(0, len(targets), CHUNK):
         logits = output_logits(lm_head, hidden[start : start + CHUNK], softcap)
@@ -72,11 +72,13 @@ def _correct_tokens(model, sample: Sample, device: str) -> tuple[torch.Tensor, t
     return predicted == torch.tensor(sample.input_ids), predicted, loss, len(targets)
 
 
-def validate(model, samples: list[Sample], device: str, bracket_ids: frozenset[int] = frozenset()) -> Validation:
+def validate(
+    model, samples: list[Sample], device: str, bracket_ids: frozenset[int] = frozenset(), cache=None
+) -> Validation:
     """Loss per DM token and the teacher-forced call metrics over `samples`.
 
     `bracket_ids` are the tokens that open a call (whose text holds a `[`): predicting one where the gold
-    turn makes no call is a wrong decision.
+    turn makes no call is a wrong decision. With a `cache`, the frozen layers run once per sample.
     """
     model.eval()
     total, count = 0.0, 0
@@ -85,7 +87,7 @@ def validate(model, samples: list[Sample], device: str, bracket_ids: frozenset[i
     exacts = [0, 0]
     with torch.no_grad():
         for sample in samples:
-            correct, predicted, loss, n = _correct_tokens(model, sample, device)
+            correct, predicted, loss, n = _correct_tokens(model, sample, device, cache)
             total, count = total + loss, count + n
             for call in sample.calls:
                 decisions[0] += bool(correct[call.start])
