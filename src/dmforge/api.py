@@ -86,6 +86,16 @@ def check(config: DmforgeConfig, paths: list[Path] | None = None):
     return check_paths(paths or [config.data.scenarios], tool_registry(config), config.data.max_file_bytes)
 
 
+def audit(config: DmforgeConfig, paths: list[Path] | None = None):
+    """Audit the scenarios (default: `data.scenarios`) against the floors and the rulebook: an AuditReport.
+
+    Scenarios with errors are left out of the counts; `dmforge data check` lists them."""
+    from dmforge.dataset.audit import audit as audit_corpus
+
+    report = check(config, paths)
+    return audit_corpus(report.scenarios, tool_registry(config), config.audit)
+
+
 def build(config: DmforgeConfig, out: Path | None = None):
     """Build the dataset into `out` (default `data.out`): (DatasetStats, folder)."""
     from dmforge.dataset import build_dataset

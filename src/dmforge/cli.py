@@ -113,6 +113,72 @@ def data_check(
     raise typer.Exit(1 if report.errors else 0)
 
 
+@data_app.command("audit")
+def data_audit(
+    paths: Annotated[
+        list[Path] | None, typer.Argument(help="Scenario files or folders. Default: the configured scenarios folder.")
+    ] = None,
+    as_json: Annotated[bool, typer.Option("--json", help="Print one JSON object for scripts and CI.")] = False,
+    png: Annotated[Path | None, typer.Option("--png", help="Also draw the coverage chart into this PNG file.")] = None,
+    rulebook: Annotated[
+        Path | None, typer.Option("--rulebook", help="The DM rulebook (default: audit.rulebook, docs/dm-rules.md).")
+    ] = None,
+    config_file: ConfigOption = None,
+) -> None:
+    """Audit the corpus: calls per tool, skill, save and condition against floors, quiet turns per category, the
+    same action answered with different checks, and near-duplicate lines. Exit 1 when any of it fails."""
+    config = load_config(config_file, {"audit": {"rulebook": rulebook}})
+    report = api.audit(config, paths)
+    if png:
+        from dmforge.dataset.audit import coverage_png
+
+        coverage_png(png, report)
+    if as_json:
+        sys.stdout.write(json.dumps(report.to_json(), indent=2, ensure_ascii=False) + "\n")
+    else:
+        _print_audit(report)
+    raise typer.Exit(0 if report.passed else 1)
+
+
+def _print_audit(report) -> None:
+    data = report.to_json()
+    console.print(
+        f"[bold]{data['scenarios']}[/] scenarios, {data['dm_turns']} DM turns, "
+        f"{data['quiet_share']:.0%} without a call"
+        + "".join(f"; {c} {row['quiet_share']:.0%}" for c, row in data["quiet_share_per_category"].items())
+    )
+    for kind, names in data["coverage"].items():
+        if not names:
+            continue
+        floor = data["floors"].get(kind, 0)
+        table = Table(title=f"{kind} calls" + (f" (floor {floor})" if floor else ""), title_justify="left")
+        for column in ("name", "calls", "scenarios"):
+            table.add_column(column)
+        for name, tally in sorted(names.items(), key=lambda kv: kv[1]["calls"]):
+            low = floor and tally["calls"] < floor
+            table.add_row(name, f"[red]{tally['calls']}[/]" if low else str(tally["calls"]), str(tally["scenarios"]))
+        console.print(table)
+    for conflict in report.conflicts:
+        expected = " or ".join(conflict["expected"])
+        console.print(
+            f"[yellow]cue conflict:[/] `I {escape(conflict['verb'])} …` is answered with {escape(expected)} "
+            f"elsewhere ({', '.join(f'{c} {n}' for c, n in conflict['checks'].items())}), but here with:"
+        )
+        for place in conflict["places"][:8]:
+            console.print(f"  {escape(place['file'])}:{place['line']} → {place['check']}: {escape(place['text'])}")
+    for dup in report.duplicates[:20]:
+        console.print(
+            f"[yellow]near duplicate[/] ({dup['kind']}, {dup['similarity']:.2f}): "
+            f"{escape(dup['a']['file'])}:{dup['a']['line']} and {escape(dup['b']['file'])}:{dup['b']['line']}"
+        )
+    below = report.below_floor()
+    verdict = "[green]passes[/]" if report.passed else "[red]fails[/]"
+    console.print(
+        f"audit {verdict}: {len(below)} below their floor, {len(report.conflicts)} cue conflict(s), "
+        f"{len(report.duplicates)} near duplicate(s)"
+    )
+
+
 def _print_stats(stats, out: Path) -> None:
     table = Table(title="dataset", title_justify="left", header_style="bold")
     table.add_column("what")

@@ -83,6 +83,28 @@ class DataConfig(_Section):
         return template
 
 
+class AuditConfig(_Section):
+    """`dmforge data audit`: the floors a corpus should reach, and the rulebook it follows."""
+
+    skill_floor: int = Field(40, ge=0, description="Gold calls each skill should have (0: only count).")
+    save_floor: int = Field(15, ge=0, description="Gold calls each saving throw should have.")
+    tool_floor: int = Field(100, ge=0, description="Gold calls each tool should have.")
+    ability_floor: int = Field(0, ge=0, description="Gold calls each plain ability check should have.")
+    condition_floor: int = Field(0, ge=0, description="Gold calls each condition should have.")
+    rulebook: Path | None = Field(
+        Path("docs/dm-rules.md"),
+        description="The DM rulebook whose table of verbs whose object decides the check (`| verb | checks | … |`) "
+        "documents the cue conflicts that are expected.",
+    )
+    duplicate_similarity: float = Field(
+        0.6,
+        gt=0,
+        le=1,
+        description="Player lines or DM replies in different files whose word 4-grams overlap this much (Jaccard) "
+        "are reported as near duplicates.",
+    )
+
+
 class ModelConfig(_Section):
     """Which base model to fine-tune and how conversations are rendered for it."""
 
@@ -310,6 +332,7 @@ class DeployConfig(_Section):
 
 class DmforgeConfig(_Section):
     data: DataConfig = DataConfig()
+    audit: AuditConfig = AuditConfig()
     model: ModelConfig = ModelConfig()
     train: TrainConfig = TrainConfig()
     export: ExportConfig = ExportConfig()
