@@ -100,7 +100,7 @@ class AuditConfig(_Section):
         0.6,
         gt=0,
         le=1,
-        description="Player lines or DM replies in different files whose word 4-grams overlap this much (Jaccard) "
+        description="Player lines or DM replies in different files whose word 3-grams overlap this much (Jaccard) "
         "are reported as near duplicates.",
     )
 

@@ -35,7 +35,7 @@ _NOT_ACTIONS = """
     now first quickly carefully slowly quietly gently really try tries tried want wanna need needs have 've ve
     think guess suppose mean reckon wonder know be being gonna going to attempt attempts let lets
     immediately instead again simply calmly silently cautiously swiftly finally are is was were can't won't
-    wouldn't couldn't shouldn't didn't isn't aren't wasn't
+    wouldn't couldn't shouldn't didn't isn't aren't wasn't 're 's
     the a an my his her their our your its this that these those it him them me us there here what which who
     and but or so if as at in on of with for from by into onto up down over out off back all both each very
     he she they you we'll we're we've i'll i'm i've how why when where ever never
@@ -44,6 +44,7 @@ NOT_ACTIONS = frozenset(_NOT_ACTIONS.split())
 # Verbs that move a character into place before the action ("I step up to him and …"): no cue at all.
 _STAGING = "step steps walk walks stand stands sit sits stay stop move go head turn lean crouch kneel wait come get"
 STAGING = frozenset(_STAGING.split())
+BEING = frozenset(("'m", "'re", "am", "are", "was", "were"))
 CUE_SUPPORT = 5  # a verb answered this often …
 CUE_SHARE = 0.7  # … with one check at least this share of the time is a cue for that check
 
@@ -56,11 +57,15 @@ def action_verbs(line: str) -> list[str]:
     verbs: list[str] = []
     # The subject's own verbs, and the verbs it goes on to with "and" or "then" ("I look him in the eye and lie").
     for match in re.finditer(r"\b(?:i|we|and|then)\b", text):
-        for word in re.findall(r"[a-z']+", text[match.end() :])[:6]:
+        words = re.findall(r"[a-z']+", text[match.end() :])[:6]
+        # "I'm …" and "we're …" say what the character is, unless they are going to do something.
+        being, going = bool(words) and words[0] in BEING, False
+        for word in words:
+            going = going or word in ("going", "gonna")
             if word in NOT_ACTIONS or word in ("i", "we", "and", "then"):
                 continue
             # "I'm not answering yet" takes no action, and "I step up to him" only gets into place.
-            if not word.endswith("ing") and word not in STAGING and word not in verbs:
+            if not word.endswith("ing") and word not in STAGING and word not in verbs and (going or not being):
                 verbs.append(word)
             break
     return verbs
@@ -230,9 +235,9 @@ def _words(text: str) -> list[str]:
 
 
 def near_duplicates(scenarios: list[Scenario], threshold: float, min_words: int = 8) -> list[dict]:
-    """Player lines and DM replies in different files whose word 4-grams overlap by `threshold` (Jaccard) or more.
+    """Player lines and DM replies in different files whose word 3-grams overlap by `threshold` (Jaccard) or more.
 
-    An inverted index of 4-grams finds the candidates; 4-grams shared by many texts ("what do you do")
+    An inverted index of 3-grams finds the candidates; 3-grams shared by many texts ("what do you")
     are stock phrases, not evidence, and are left out of the index.
     """
     texts: list[tuple[str, Place, frozenset]] = []
@@ -243,7 +248,7 @@ def near_duplicates(scenarios: list[Scenario], threshold: float, min_words: int 
             words = _words(turn.text)
             if len(words) < min_words:
                 continue
-            grams = frozenset(zip(words, words[1:], words[2:], words[3:], strict=False))
+            grams = frozenset(zip(words, words[1:], words[2:], strict=False))
             texts.append((turn.kind.value, Place(scenario.path, turn.line, _clip(turn.text)), grams))
     index: dict[tuple, list[int]] = defaultdict(list)
     for i, (_, _, grams) in enumerate(texts):
