@@ -19,29 +19,39 @@ from conftest import CORPUS, ROOT, model_run
 pytestmark = pytest.mark.slow
 
 
+HELD_OUT = ("combat/ghoul-crypt-ambush.md", "social/the-fine-print.md")
+
+
 @pytest.fixture(scope="module")
 def exported_run(smollm2_base, tmp_path_factory):
+    """The base as a run, exported, with two corpus scenarios as its validation split."""
+    from dmforge.config import DataConfig
+    from dmforge.dataset import to_conversation
     from dmforge.export.run import export_run
+    from dmforge.scenarios import check_paths
 
     run = model_run(smollm2_base.path, tmp_path_factory.mktemp("eval") / "run")
+    held_out = check_paths([CORPUS / name for name in HELD_OUT]).scenarios
+    (run / "dataset").mkdir()
+    lines = [json.dumps(to_conversation(s, DataConfig())) + "\n" for s in held_out]
+    (run / "dataset" / "validation.jsonl").write_text("".join(lines))
     assert export_run(run, []).passed
     return run
 
 
-def test_eval_scores_every_column_through_llama_cpp_and_chooses_the_file_to_ship(exported_run, tmp_path: Path):
-    scenarios = tmp_path / "held-out"
-    for name in ("combat/ghoul-crypt-ambush.md", "social/the-fine-print.md"):
-        (scenarios / name).parent.mkdir(parents=True, exist_ok=True)
-        shutil.copy(CORPUS / name, scenarios / name)
-    command = [sys.executable, "-m", "dmforge", "eval", str(exported_run), "--scenarios", str(scenarios)]
-    result = subprocess.run(
-        [*command, "--max-turns", "4", "--json"], cwd=ROOT, capture_output=True, text=True, timeout=1800
-    )
+def _eval(*args: str) -> dict:
+    command = [sys.executable, "-m", "dmforge", "eval", *args, "--json"]
+    result = subprocess.run(command, cwd=ROOT, capture_output=True, text=True, timeout=1800)
     assert result.returncode == 0, result.stderr
-    report = json.loads(result.stdout)
+    return json.loads(result.stdout)
+
+
+def test_eval_scores_every_column_through_llama_cpp_and_chooses_the_file_to_ship(exported_run, tmp_path: Path):
+    report = _eval(str(exported_run), "--max-turns", "4", "--diagnostics")
     ship = report["ship"]["quant"]
     columns = list(report["models"])
     assert columns[:2] == ["base", "F16"] and columns[-1] == f"{ship} greedy" and report["turns"] == 4
+    assert report["source"] == "the validation split"
     for metrics in report["models"].values():
         for key in ("call_decision_accuracy", "intent_match", "exact_call_match", "call_validity", "loop_rate"):
             assert key in metrics, key
@@ -52,13 +62,14 @@ def test_eval_scores_every_column_through_llama_cpp_and_chooses_the_file_to_ship
     # The grammar makes every bracket a valid call; greedy alone does not promise that.
     assert report["models"]["F16"]["call_validity"] in (None, 1.0)
 
-    # The rule: quantized files scored smallest first; the one that ships is within 0.02 of F16's intent match.
+    # The rule: the smallest file that keeps F16's intent, decision and validity within 0.02, and its KL within 0.1.
     candidates = {row["quant"]: row for row in report["ship"]["candidates"]}
     sizes = [row["bytes"] for row in report["ship"]["candidates"]]
     assert sizes == sorted(sizes) and set(candidates) >= {"F16", "Q8_0", "Q4_K_M", "Q4_0", "Q5_0"}
-    assert candidates[ship]["evaluated"] and candidates[ship]["intent_delta_vs_f16"] >= -0.02 - 1e-9
-    smaller = [q for q, row in candidates.items() if row["bytes"] < candidates[ship]["bytes"]]
-    assert all(candidates[q]["evaluated"] for q in smaller), "every smaller file was scored and failed the rule"
+    assert all(row["evaluated"] for row in candidates.values()), "--diagnostics scores every file"
+    assert not candidates[ship]["shortfalls"] and candidates[ship]["intent_delta_vs_f16"] >= -0.02 - 1e-9
+    for q in [q for q, row in candidates.items() if row["bytes"] < candidates[ship]["bytes"]]:
+        assert candidates[q]["shortfalls"], f"{q} is smaller than {ship} and kept F16's behaviour"
     assert candidates["Q4_K_M"]["fallback_share"] > 0.5 and candidates["Q8_0"]["fallback_share"] == 0
 
     out = exported_run / "eval"
@@ -70,6 +81,21 @@ def test_eval_scores_every_column_through_llama_cpp_and_chooses_the_file_to_ship
     assert f"Ships: **{ship}**" in (out / "report.md").read_text()
 
     # A second evaluation of the same turns reuses every column instead of generating again.
-    again = subprocess.run([*command, "--max-turns", "4", "--json"], cwd=ROOT, capture_output=True, text=True)
-    assert again.returncode == 0, again.stderr
-    assert set(json.loads(again.stdout)["reused"]) == set(columns)
+    again = _eval(str(exported_run), "--max-turns", "4", "--diagnostics")
+    assert set(again["reused"]) == set(columns)
+
+    # Without --diagnostics: the base, F16 and the files the ship rule needs, no greedy or grammar-free column.
+    plain = _eval(str(exported_run), "--max-turns", "4")
+    assert plain["ship"]["quant"] == ship and not any(" greedy" in c or "no grammar" in c for c in plain["models"])
+
+    # Other scenarios get their own folder; the run's validation report and its ship decision stay as they were.
+    before = (out / "report.json").read_bytes()
+    scenarios = tmp_path / "held-out"
+    (scenarios / "combat").mkdir(parents=True)
+    shutil.copy(CORPUS / "combat" / "bone-ferry-death-save.md", scenarios / "combat")
+    other = _eval(str(exported_run), "--scenarios", str(scenarios), "--max-turns", "2")
+    assert (out / "report.json").read_bytes() == before
+    assert other["ship"]["quant"] == ship and other["source"] == str(scenarios) and other["turns"] == 2
+    assert set(other["models"]) == {"base", "F16", ship}
+    assert (exported_run / "eval-held-out" / "report.json").is_file()
+    assert (exported_run / "eval-held-out" / "report.html").is_file()

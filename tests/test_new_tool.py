@@ -65,7 +65,6 @@ def test_a_new_tool_is_carried_by_every_stage(tmp_path: Path):
             "preflight_steps": 1,
         },
         "decode": {"n_predict": 48},
-        "eval": {"greedy_column": False},
     }
     (project / "dmforge.yaml").write_text(yaml.safe_dump(config))
 

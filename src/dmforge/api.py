@@ -177,15 +177,18 @@ def evaluate(
     scenarios: Path | None = None,
     max_turns: int | None = None,
     with_playtest: bool = True,
+    out: Path | None = None,
 ):
-    """Score the base, the fine-tuned model and its GGUF files on held-out DM turns (or on `scenarios`), as the
-    app runs them, then play the scripted session with the file that ships: an EvalReport."""
+    """Score the base, the fine-tuned model and its GGUF files on held-out DM turns (or on `scenarios`, into
+    `out`, by default `<run>/eval-<name>`), as the app runs them, then play the scripted session with the file
+    that ships: an EvalReport."""
     from dmforge.evaluation.run import evaluate_run, run_playtest
 
-    out = _console(console)
+    shown = _console(console)
     registry = tool_registry(config)
-    with _run_folder(Path(run), out):
-        report = evaluate_run(Path(run), config, registry, out, scenarios, max_turns or config.eval.max_turns)
+    with _run_folder(Path(run), shown):
+        turns = max_turns or config.eval.max_turns
+        report = evaluate_run(Path(run), config, registry, shown, scenarios, turns, out=out)
         if with_playtest and not scenarios:  # the playtest belongs to the run; other scenarios do not replay it
             report.playtest = run_playtest(Path(run), config, registry)
     return report

@@ -607,16 +607,31 @@ def eval_command(
         Path | None, typer.Option(help="Evaluate on these scenarios instead of the run's validation split.")
     ] = None,
     max_turns: Annotated[int | None, typer.Option(help="DM turns scored per model.", min=1)] = None,
+    out: Annotated[
+        Path | None,
+        typer.Option(help="With --scenarios: the report's folder (default: RUN/eval-<scenarios folder name>)."),
+    ] = None,
+    diagnostics: Annotated[
+        bool,
+        typer.Option(
+            "--diagnostics", help="Also score every exported file, and the shipped one without grammar and greedy."
+        ),
+    ] = False,
     as_json: Annotated[bool, typer.Option("--json", help="Print report.json.")] = False,
     config_file: ConfigOption = None,
 ) -> None:
-    """Score base, fine-tuned and GGUF models on held-out DM turns; write report.md/.html/.json and a playtest."""
+    """Score base, fine-tuned and GGUF models on held-out DM turns; write report.md/.html/.json and a playtest.
+
+    On other scenarios (--scenarios) the report goes to its own folder; the run's validation report, the file it
+    ships and what the deploy gate compares against are left as they were."""
     from dmforge.evaluation.run import latest_run
 
     if run is None:
         run = latest_run(load_config(config_file).train.runs_root)
-    config = _run_config(run, config_file, {"eval": {"max_turns": max_turns}})
-    report = api.evaluate(run, config, console if not as_json else Console(quiet=True), scenarios)
+    if out is not None and scenarios is None:
+        raise DmforgeError("--out is for an evaluation on other --scenarios; the validation report lives in RUN/eval.")
+    config = _run_config(run, config_file, {"eval": {"max_turns": max_turns, "diagnostics": diagnostics or None}})
+    report = api.evaluate(run, config, console if not as_json else Console(quiet=True), scenarios, out=out)
     if as_json:
         sys.stdout.write(json.dumps(report.model_dump(mode="json"), indent=2) + "\n")
     else:

@@ -130,14 +130,24 @@ def _ship_lines(report: dict) -> list[str]:
     lines = [
         f"Ships: **{ship['quant']}**, {ship['reason']}.",
         "",
-        "| file | size | fallback matrices | KL vs F16 | intent match | Δ vs F16 |",
-        "|---|---|---|---|---|---|",
+        "| file | size | fallback matrices | KL vs F16 | intent match | call decision | validity | keeps F16's calls |",
+        "|---|---|---|---|---|---|---|---|",
     ]
     for row in ship["candidates"]:
+        scored = row["evaluated"]
+        kept = (
+            "reference"
+            if row["quant"] == "F16"
+            else ("yes" if not row.get("shortfalls") else "; ".join(row["shortfalls"]))
+        )
         lines.append(
             f"| {row['quant']} | {row['bytes'] / 2**20:.0f} MB | {_fmt(row['fallback_share'])} | "
-            f"{_fmt(row['kl_vs_f16'])} | {_fmt(row['intent_match']) if row['evaluated'] else 'not scored'} | "
-            f"{_fmt(row['intent_delta_vs_f16'])} |"
+            f"{_fmt(row['kl_vs_f16'])} | "
+            + " | ".join(
+                _fmt(row.get(k)) if scored else "not scored"
+                for k in ("intent_match", "call_decision_accuracy", "call_validity")
+            )
+            + f" | {kept if scored else 'not scored'} |"
         )
     return [*lines, ""]
 

@@ -31,7 +31,7 @@ from dmforge.evaluation.columns import Column, cached, perplexity_samples, save_
 from dmforge.evaluation.report import write_reports
 from dmforge.evaluation.runtime import GREEDY, Runtime
 from dmforge.evaluation.turns import EvalTurn, eval_turns
-from dmforge.export.ship import ADAPTER_COLUMN, by_size, forced_quant, measured_choice, passes, shipped
+from dmforge.export.ship import ADAPTER_COLUMN, by_size, forced_quant, measured_choice, shipped, shortfalls
 from dmforge.files import newer_than, read_json_or_none, write_json, write_text
 from dmforge.registry.runs import (
     EvalReport,
@@ -144,11 +144,16 @@ def evaluate_run(
     max_turns: int | None = None,
     reuse: bool = True,
     compare: dict[str, Path] | None = None,
+    out: Path | None = None,
 ) -> EvalReport:
     """Score the columns and choose the file that ships; returns report.json's content.
 
     `compare` adds columns for other GGUF files of the same base (name → file), scored on the same
     turns with the same decoding: the quality gate measures the app's deployed version this way.
+
+    On other `scenarios` the report goes to its own folder (`out`, by default `<run>/eval-<folder name>`):
+    the run's validation report, the file that ships and what the gate compares against stay as they
+    were, so only the base, F16 and the file the run ships (when it was evaluated) are scored.
     """
     from dmforge.export.convert import base_gguf
 
@@ -157,7 +162,10 @@ def evaluate_run(
     n_ctx, source, decode = setup.n_ctx, setup.source, config.decode
     grammar = registry_grammar(registry, lazy=decode.grammar == "lazy")
     files = setup.files
-    out = run_dir / "eval"
+    validation = scenarios is None
+    out = out or (run_dir / "eval" if validation else run_dir / f"eval-{_folder_name(scenarios)}")
+    if validation and out != run_dir / "eval":
+        raise DmforgeError("The validation report always lives in <run>/eval; --out is for other --scenarios.")
     columns: dict[str, dict] = {}
     reused: list[str] = []
     progress = _progress(console)
@@ -190,12 +198,18 @@ def evaluate_run(
             # What the app runs in adapter mode: the base's F16 GGUF with the LoRA GGUF applied at load.
             base, lora = Path(export.adapter.base_file), Path(export.adapter.file)
             run(Column(ADAPTER_COLUMN, "adapter", base, decode, grammar, adapter=lora))
-        ship = _choose_and_score_quants(run, files, f16["metrics"]["intent_match"], decode, grammar, config, export)
-        shipped_name = ship.quant
+        if validation:
+            ship = _choose_and_score_quants(run, files, f16["metrics"], decode, grammar, config, export)
+        else:  # the run's own choice stands: these scenarios score it, they do not re-decide it
+            ship = _existing_ship(run_dir)
+            if ship.quant != "F16" and ship.quant in files:
+                run(Column(ship.quant, ship.quant, files[ship.quant], decode, grammar))
+        shipped_name = ship.quant if ship.quant in columns else "F16"
         free = Column(f"{shipped_name} no grammar", shipped_name, files[shipped_name], decode, None)
-        if decode.grammar != "off" and free.label != "greedy":  # the grammar's own effect, samplers unchanged
+        diagnostics = config.eval.diagnostics
+        if diagnostics and decode.grammar != "off" and free.label != "greedy":  # the grammar's own effect
             run(free, False)["metrics"]["perplexity"] = columns[shipped_name]["metrics"]["perplexity"]
-        if config.eval.greedy_column:
+        if diagnostics:
             greedy = run(Column(f"{shipped_name} greedy", shipped_name, files[shipped_name], GREEDY, None), False)
             greedy["metrics"]["perplexity"] = columns[shipped_name]["metrics"]["perplexity"]
         for name, path in (compare or {}).items():
@@ -225,9 +239,26 @@ def evaluate_run(
         out / "details.jsonl",
         "".join(json.dumps(d, ensure_ascii=False) + "\n" for c in columns.values() for d in c["details"]),
     )
-    write_eval(run_dir, report)
+    if validation:
+        write_eval(run_dir, report)
+    else:
+        write_json(out / "report.json", report.model_dump(mode="json"))
     write_reports(out, report.model_dump(mode="json"))
     return report
+
+
+def _folder_name(scenarios: Path) -> str:
+    """`eval-<name>`'s name: the scenarios folder's (or file's) name, safe as a folder name."""
+    name = "".join(c if c.isalnum() or c in "-_." else "-" for c in scenarios.resolve().name.removesuffix(".md"))
+    return name.strip("-.") or "scenarios"
+
+
+def _existing_ship(run_dir: Path) -> ShipRecord:
+    """The run's own ship decision, from its validation report; F16 when it was never evaluated."""
+    report = read_eval(run_dir)
+    if report is not None:
+        return report.ship
+    return ShipRecord(quant="F16", reason="the run has no validation report yet, so F16 is scored")
 
 
 def turns_digest(turns: list[EvalTurn], n_ctx: int, decode) -> str:
@@ -247,46 +278,56 @@ def _base_cache(base_file: Path, key: dict) -> Path:
     return cache_root() / "eval" / f"base-{digest}.json"
 
 
-def _choose_and_score_quants(
-    run, files, f16_intent, decode, grammar, config: DmforgeConfig, export: ExportReport
-) -> ShipRecord:
+def _choose_and_score_quants(run, files, f16: dict, decode, grammar, config: DmforgeConfig, export) -> ShipRecord:
     """Score the quantized files smallest first and apply the shipping rule; the record of the choice.
 
-    Scoring stops at the first file that meets the rule (unless `eval.all_quants`): a larger file
-    cannot change the choice, and each column costs minutes on a laptop.
+    Scoring stops at the first file that meets the rule (unless `eval.diagnostics`): a larger file
+    cannot change the choice, and each column costs minutes on a laptop. A file whose KL divergence
+    from F16 is already above `export.max_kl` cannot ship, so it is not scored either.
     """
-    intents: dict[str, float | None] = {"F16": f16_intent}
+    metrics: dict[str, dict] = {"F16": f16}
     rows = {row["quant"]: row for row in export.quantizations}
-    max_drop = config.export.max_intent_drop
+    kls = {q: rows.get(q, {}).get("kl_vs_f16") for q in files}
+    max_drop, max_kl = config.export.max_metric_drop, config.export.max_kl
     forced = forced_quant(config)
     if forced and forced not in files:
         shipped(export, None, forced)  # raises, naming the types the run has
     sizes = {q: str(p) for q, p in files.items()}
-    for quant in [q for q in by_size(sizes) if q != "F16" and (q == forced or not forced or config.eval.all_quants)]:
-        intents[quant] = run(Column(quant, quant, files[quant], decode, grammar))["metrics"]["intent_match"]
-        if not (forced or config.eval.all_quants) and passes(intents[quant], f16_intent, max_drop):
+    for quant in [q for q in by_size(sizes) if q != "F16"]:
+        wanted = quant == forced or config.eval.diagnostics
+        if forced and not wanted:
+            continue
+        if not wanted and kls.get(quant) is not None and kls[quant] > max_kl:
+            continue
+        metrics[quant] = run(Column(quant, quant, files[quant], decode, grammar))["metrics"]
+        if not (forced or config.eval.diagnostics) and not shortfalls(
+            metrics[quant], f16, kls[quant], max_drop, max_kl
+        ):
             break
     if forced:
         quant, reason = forced, f"{forced} was asked for (`deploy.quant`, `export.ship` or --quant)"
     else:
-        quant, reason = measured_choice(sizes, intents, max_drop)
+        quant, reason = measured_choice(sizes, metrics, kls, max_drop, max_kl)
     table = []
     for q in by_size(sizes):
-        row = rows.get(q, {})
+        m = metrics.get(q, {})
         table.append(
             {
                 "quant": q,
                 "bytes": files[q].stat().st_size,
-                "fallback_share": row.get("fallback_share"),
-                "kl_vs_f16": row.get("kl_vs_f16"),
-                "intent_match": intents.get(q),
+                "fallback_share": rows.get(q, {}).get("fallback_share"),
+                "kl_vs_f16": kls.get(q),
+                "intent_match": m.get("intent_match"),
+                "call_decision_accuracy": m.get("call_decision_accuracy"),
+                "call_validity": m.get("call_validity"),
                 "intent_delta_vs_f16": None
-                if intents.get(q) is None or intents["F16"] is None
-                else intents[q] - intents["F16"],
-                "evaluated": q in intents,
+                if m.get("intent_match") is None or f16.get("intent_match") is None
+                else m["intent_match"] - f16["intent_match"],
+                "evaluated": q in metrics,
+                "shortfalls": shortfalls(m, f16, kls.get(q), max_drop, max_kl) if q in metrics and q != "F16" else [],
             }
         )
-    return ShipRecord(quant=quant, reason=reason, max_intent_drop=max_drop, candidates=table)
+    return ShipRecord(quant=quant, reason=reason, max_metric_drop=max_drop, max_kl=max_kl, candidates=table)
 
 
 def app_window(runtime: Runtime, fmt: ChatFormat, n_ctx: int, decode) -> Callable[[list[dict]], list[dict]]:

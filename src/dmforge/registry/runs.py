@@ -101,7 +101,8 @@ class ExportReport(_Record):
 class ShipRecord(_Record):
     quant: str
     reason: str
-    max_intent_drop: float | None = None
+    max_metric_drop: float | None = None
+    max_kl: float | None = None
     candidates: list[dict] = []
 
 
