@@ -36,6 +36,7 @@ sys.path.insert(0, str(ROOT / "src"))
 from tables import cell  # noqa: E402
 
 from dmforge.config import load_config  # noqa: E402
+from dmforge.dataset.build import held_out_ids  # noqa: E402
 from dmforge.dataset.conversation import to_conversation  # noqa: E402
 from dmforge.dataset.split import split_scenarios  # noqa: E402
 from dmforge.evaluation.metrics import aggregate, reply_brackets, score_turn  # noqa: E402
@@ -118,12 +119,14 @@ def cross_validated(turns: list[dict], registry: Registry, folds: int) -> dict:
     return score(ordered, replies, registry)
 
 
-def probe(scenarios: Path, folds: int = 5) -> dict:
-    config = load_config(None, {"data": {"scenarios": scenarios}})
+def probe(scenarios: Path, folds: int = 5, validation_list: Path | None = None) -> dict:
+    config = load_config(None, {"data": {"scenarios": scenarios, "validation_list": validation_list}})
     registry = load_registry(config.data.tool_registry)
     report = check_paths([scenarios], registry, config.data.max_file_bytes)
     every = [to_conversation(s, config.data) for s in report.scenarios]
-    _, validation_split = split_scenarios(report.scenarios, config.data.validation_fraction, config.data.seed)
+    data = config.data
+    held = held_out_ids(data, report.scenarios)
+    _, validation_split = split_scenarios(report.scenarios, data.validation_fraction, data.seed, held)
     held_out = {s.id for s in validation_split}
     turns = dm_turns(every, registry)
     train = [t for t in turns if t["scenario"] not in held_out]
@@ -155,9 +158,10 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--scenarios", type=Path, default=ROOT / "data" / "scenarios", help="The corpus to probe.")
     parser.add_argument("--folds", type=int, default=5, help="Cross-validation folds (whole scenarios).")
+    parser.add_argument("--validation-list", type=Path, help="Hold out these scenario ids (data.validation_list).")
     parser.add_argument("--json", action="store_true", help="Print the results as JSON.")
     args = parser.parse_args()
-    result = probe(args.scenarios, args.folds)
+    result = probe(args.scenarios, args.folds, args.validation_list)
     if args.json:
         for part in ("cross_validated", "validation_split"):
             result[part].pop("per_tool", None)

@@ -82,13 +82,19 @@ def _merge(base: dict, extra: dict) -> dict:
 
 
 def train_variant(
-    name: str, overrides: dict, minutes: float, steps: int | None, scenarios: Path | None, root: Path, console
+    name: str,
+    overrides: dict,
+    minutes: float,
+    steps: int | None,
+    data: dict,
+    root: Path,
+    console,
 ) -> dict:
-    """Train one variant and read its held-out teacher-forced call metrics at the adapter that ships."""
+    """Train one variant and read its held-out teacher-forced call metrics at the adapter that ships.
+
+    `data` overrides the corpus options every variant shares (`scenarios`, `validation_list`)."""
     registry = load_registry()
-    extra = {"train": {"run_dir": root / name}}
-    if scenarios:
-        extra["data"] = {"scenarios": scenarios}
+    extra = {"train": {"run_dir": root / name}, "data": data}
     config = load_config(None, _merge(overrides, extra))
     if minutes:  # finetune plans the steps to fit from the preflight's measured speed
         config.train.max_minutes = minutes
@@ -178,6 +184,13 @@ def main() -> None:
     parser.add_argument("--steps", type=int, default=0, help="Optimizer steps per variant (0 = epochs).")
     parser.add_argument("--scenarios", type=Path, help="The corpus every variant trains on (default: the config's).")
     parser.add_argument(
+        "--validation-list",
+        type=Path,
+        default=ROOT / "bench" / "sweep-validation.txt",
+        help="The held-out scenarios every variant is scored on, fixed while the corpus grows (data.validation_list); "
+        "'none' for the seeded split.",
+    )
+    parser.add_argument(
         "--score-top",
         type=int,
         default=2,
@@ -204,9 +217,11 @@ def main() -> None:
             console.print(f"[cyan]{name}[/]: trained already")
             continue
         console.print(f"[bold]{name}[/]: {VARIANTS[name][0]}")
-        scenarios = args.scenarios.resolve() if args.scenarios else None
+        data = {"scenarios": args.scenarios.resolve()} if args.scenarios else {}
+        if str(args.validation_list) != "none":
+            data["validation_list"] = args.validation_list.resolve()
         results[name] = train_variant(
-            name, VARIANTS[name][1], args.minutes, args.steps or None, scenarios, args.root, console
+            name, VARIANTS[name][1], args.minutes, args.steps or None, data, args.root, console
         )
         save()
     ranked = sorted((results[n] for n in names), key=teacher_forced_score, reverse=True)

@@ -9,11 +9,24 @@ from dmforge.scenarios import check_paths
 def test_sample_corpus_is_clean_and_large_enough(registry):
     report = check_paths([CORPUS])
     assert report.errors == 0 and report.warnings == 0, [d.render() for d in report.diagnostics]
-    assert len(report.scenarios) >= 150
-    assert report.dm_turns >= 1000
+    assert len(report.scenarios) >= 450
+    assert report.dm_turns >= 4000
     calls = report.calls_by_tool()
-    assert set(calls) == set(registry.tools) and min(calls.values()) >= 40, f"every tool at least 40 calls: {calls}"
+    assert set(calls) == set(registry.tools) and min(calls.values()) >= 100, f"every tool at least 100 calls: {calls}"
     assert set(report.scenarios_by_category()) >= {"combat", "roleplay", "exploration", "social", "puzzle"}
+
+
+def test_sample_corpus_passes_its_audit(registry):
+    """Every skill, save and tool above its floor, every action answered by one rule, no scene written twice."""
+    from dmforge.config import AuditConfig
+    from dmforge.dataset.audit import audit
+
+    config = AuditConfig(rulebook=CORPUS.parents[1] / "docs" / "dm-rules.md")
+    report = audit(check_paths([CORPUS]).scenarios, registry, config)
+    assert not report.below_floor(), report.below_floor()
+    assert not report.conflicts, [(c["verb"], c["places"][:2]) for c in report.conflicts]
+    assert not report.duplicates, report.duplicates[:3]
+    assert report.passed and report.to_json()["quiet_share"] >= 0.25
 
 
 def test_sample_corpus_teaches_when_not_to_call():
@@ -42,4 +55,4 @@ def test_validation_split_holds_every_tool_often_enough_to_measure(registry):
     _, validation = split_scenarios(check_paths([CORPUS]).scenarios, config.validation_fraction, config.seed)
     calls = Counter(c.name for s in validation for c in s.calls)
     assert set(calls) == set(registry.tools) and min(calls.values()) >= 5, calls
-    assert sum(len(s.dm_turns) for s in validation) >= 150
+    assert sum(len(s.dm_turns) for s in validation) >= 400

@@ -203,3 +203,17 @@ def test_the_call_order_option_reorders_every_dm_turn_of_the_dataset():
         assert find_calls(a["content"]) == find_calls(b["content"]), "the same calls in the same order"
         if a["role"] == "assistant" and find_calls(a["content"]):
             assert b["content"].startswith("[") and a["tool_calls"] == b["tool_calls"]
+
+
+def test_a_validation_list_pins_the_held_out_set(tmp_path: Path):
+    pinned = tmp_path / "held-out.txt"
+    chosen = [s.id for s in CORPUS_SCENARIOS if s.header.category == "combat"][:2]
+    pinned.write_text("# fixed for the sweep\n" + "\n".join(chosen) + "\n\n")
+    stats, out = _build(tmp_path / "a", CORPUS, validation_list=pinned)
+    manifest = json.loads((out / "manifest.json").read_text())
+    assert set(manifest["splits"]["validation"]) == set(chosen)
+    assert stats.scenarios["validation"] == 2
+
+    pinned.write_text("combat/no-such-scene.md\n")
+    with pytest.raises(DmforgeError, match=r"held-out.txt, line 1: `combat/no-such-scene.md` is not a scenario"):
+        _build(tmp_path / "b", CORPUS, validation_list=pinned)

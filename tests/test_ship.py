@@ -30,7 +30,9 @@ def test_near_zero_intent_no_longer_lets_a_file_that_lost_its_call_decisions_shi
 
 
 def test_validity_and_a_missing_measurement_are_losses_and_nothing_to_measure_is_not():
-    assert shortfalls(F16 | {"call_validity": 0.95}, F16, None, 0.02, 0.1) == ["call validity 0.950 against F16's 1.000"]
+    assert shortfalls(F16 | {"call_validity": 0.95}, F16, None, 0.02, 0.1) == [
+        "call validity 0.950 against F16's 1.000"
+    ]
     assert shortfalls(F16 | {"intent_match": None}, F16, None, 0.02, 0.1) == ["intent match – against F16's 0.078"]
     quiet = {"intent_match": None, "call_decision_accuracy": 1.0, "call_validity": None}
     assert shortfalls(quiet, quiet, 0.01, 0.02, 0.1) == []

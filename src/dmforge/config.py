@@ -51,9 +51,18 @@ class DataConfig(_Section):
         + ".",
     )
     validation_fraction: float = Field(
-        0.15, ge=0.0, le=0.5, description="Share of each category's scenarios held out for validation."
+        0.08,
+        ge=0.0,
+        le=0.5,
+        description="Share of each category's scenarios held out for validation: on the shipped corpus 37 "
+        "scenarios and 405 DM turns, enough that one turn moves a metric by a quarter of a point.",
     )
     seed: int = Field(1234, description="Seed for the split and for augmentation; same seed, same dataset.")
+    validation_list: Path | None = Field(
+        None,
+        description="A text file of scenario ids (paths relative to the scenarios folder, one per line) to hold out "
+        "instead of the seeded share of each category: keeps a held-out set fixed while the corpus grows.",
+    )
     augment_copies: int = Field(
         0, ge=0, le=10, description="Extra renamed copies of each training scenario (party and places)."
     )

@@ -18,7 +18,7 @@ from dmforge import __version__
 from dmforge.config import DataConfig
 from dmforge.dataset.augment import rename_scenario
 from dmforge.dataset.conversation import conversation_fingerprint, to_conversation
-from dmforge.dataset.split import split_scenarios
+from dmforge.dataset.split import read_validation_list, split_scenarios
 from dmforge.errors import DmforgeError
 from dmforge.files import check_replaceable, refuse_overlap, staged_dir, write_json, write_text
 from dmforge.scenarios import CheckReport, Scenario, Severity, TurnKind, check_paths
@@ -81,11 +81,19 @@ def _refuse_errors(report: CheckReport, scenarios_dir: Path) -> None:
     )
 
 
+def held_out_ids(config: DataConfig, scenarios: list[Scenario]) -> set[str] | None:
+    """The ids `data.validation_list` holds out, or None for the seeded split."""
+    return read_validation_list(config.validation_list, scenarios) if config.validation_list else None
+
+
 def corpus_fingerprint(scenarios: list[Scenario], config: DataConfig) -> str:
     """Changes when any scenario's text or any data option changes: the key for incremental retraining."""
-    digest = hashlib.sha256(config.model_dump_json(exclude={"out", "scenarios"}).encode())
+    digest = hashlib.sha256(config.model_dump_json(exclude={"out", "scenarios", "validation_list"}).encode())
     for scenario in sorted(scenarios, key=lambda s: s.id):
         digest.update(f"{scenario.id}\0{scenario.fingerprint}\n".encode())
+    held_out = held_out_ids(config, scenarios)
+    if held_out is not None:  # the list's content decides the split, wherever the file lives
+        digest.update(("held out:" + "\n".join(sorted(held_out))).encode())
     return digest.hexdigest()
 
 
@@ -150,7 +158,9 @@ def build_dataset(
         check_replaceable(out)
     report = report or check_paths([config.scenarios], registry, config.max_file_bytes)
     _refuse_errors(report, config.scenarios)
-    train, validation = split_scenarios(report.scenarios, config.validation_fraction, config.seed)
+    train, validation = split_scenarios(
+        report.scenarios, config.validation_fraction, config.seed, held_out_ids(config, report.scenarios)
+    )
     splits = {"train": train, "validation": validation}
 
     conversations: dict[str, list[dict]] = {split: [] for split in SPLITS}
