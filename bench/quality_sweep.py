@@ -162,12 +162,13 @@ GENERATED = [
 
 
 def table(results: dict[str, dict]) -> str:
-    labels = [label for _, label in TEACHER + GENERATED]
+    labels = [label for _, label in TEACHER] + ["tf roll intent"] + [label for _, label in GENERATED]
     head = "| variant | what | train min | steps (best) | " + " | ".join(labels) + " |"
     lines = [head, "|" + "---|" * (4 + len(labels))]
     ranked = sorted(results.values(), key=teacher_forced_score, reverse=True)
     for r in ranked:
         cells = [cell(r["teacher_forced"].get(k)) for k, _ in TEACHER]
+        cells.append(cell((r["teacher_forced"].get("intent_per_tool") or {}).get("roll")))
         cells += [cell(r["app"].get(k)) if r["app"] else "not scored" for k, _ in GENERATED]
         lines.append(
             f"| {r['name']} | {r['what']} | {r['train_minutes']} | {r['steps']} ({r['best_step']}) | "

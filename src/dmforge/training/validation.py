@@ -18,7 +18,7 @@ The adapter that ships is the one with the best `call_score`, their mean (ties g
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import torch
 import torch.nn.functional as F
@@ -35,6 +35,8 @@ class Validation:
     decision: float | None
     intent: float | None
     exact: float | None
+    # Intent per tool (`roll`, `attack`, …): where the calls go wrong, the skill or the dice.
+    intent_per_tool: dict[str, float] = field(default_factory=dict)
 
     @property
     def call_score(self) -> float:
@@ -48,6 +50,7 @@ class Validation:
             "intent": self.intent,
             "exact": self.exact,
             "call_score": self.call_score,
+            "intent_per_tool": self.intent_per_tool,
         }
 
 
@@ -85,6 +88,7 @@ def validate(
     decisions = [0, 0]
     intents = [0, 0]
     exacts = [0, 0]
+    per_tool: dict[str, list[int]] = {}
     with torch.no_grad():
         for sample in samples:
             correct, predicted, loss, n = _correct_tokens(model, sample, device, cache)
@@ -96,9 +100,14 @@ def validate(
                 decisions[0] += int(predicted[first]) not in bracket_ids and bool(correct[end])
                 decisions[1] += 1
             for call in sample.calls:
-                intents[0] += bool(correct[call.start : call.intent_end].all())
+                right = bool(correct[call.start : call.intent_end].all())
+                intents[0] += right
                 exacts[0] += bool(correct[call.start : call.end].all())
                 intents[1] += 1
                 exacts[1] += 1
+                tally = per_tool.setdefault(call.intent.split(":")[0], [0, 0])
+                tally[0] += right
+                tally[1] += 1
     model.train()
-    return Validation(total / max(count, 1), _ratio(*decisions), _ratio(*intents), _ratio(*exacts))
+    by_tool = {tool: hits / n for tool, (hits, n) in sorted(per_tool.items())}
+    return Validation(total / max(count, 1), _ratio(*decisions), _ratio(*intents), _ratio(*exacts), by_tool)
