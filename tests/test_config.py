@@ -61,3 +61,10 @@ def test_system_prompt_composition():
     assert compose_system_prompt(config, header, None).startswith("You are the Dungeon Master")
     custom = DataConfig(system_template="{system} [{title}|{tags}|{level}|{category}]")
     assert compose_system_prompt(custom, header, "X") == "X [T|noir|2|general]"
+
+
+def test_a_run_saved_by_an_earlier_dmforge_still_loads(tmp_path: Path):
+    saved = tmp_path / "config.yaml"
+    saved.write_text("export:\n  max_intent_drop: 0.05\neval:\n  all_quants: true\n  greedy_column: false\n")
+    config = load_config(saved)
+    assert config.export.max_metric_drop == 0.05 and config.eval.diagnostics is True

@@ -399,12 +399,32 @@ def _explain(exc: ValidationError, source: str) -> DmforgeError:
 PROJECT_CONFIG = Path("dmforge.yaml")
 
 
+# Options an earlier dmforge wrote into configs and run folders, and what they are now (None: dropped,
+# its effect now belongs to the new option). A saved run keeps loading after an upgrade.
+RENAMED = {
+    ("export", "max_intent_drop"): ("export", "max_metric_drop"),
+    ("eval", "all_quants"): ("eval", "diagnostics"),
+    ("eval", "greedy_column"): None,
+}
+
+
+def _migrate(data: dict[str, Any]) -> dict[str, Any]:
+    for (section, key), new in RENAMED.items():
+        values = data.get(section)
+        if not isinstance(values, dict) or key not in values:
+            continue
+        value = values.pop(key)
+        if new is not None:
+            data.setdefault(new[0], {}).setdefault(new[1], value)
+    return data
+
+
 def load_config(path: Path | None = None, overrides: dict[str, dict[str, Any]] | None = None) -> DmforgeConfig:
     """The config from `path` (else ./dmforge.yaml if there is one, else the defaults) with command-line
     `overrides` applied, validated."""
     if path is None and PROJECT_CONFIG.is_file():
         path = PROJECT_CONFIG
-    data = _read_file(path) if path else {}
+    data = _migrate(_read_file(path)) if path else {}
     for section, values in (overrides or {}).items():
         data.setdefault(section, {})
         data[section].update({k: v for k, v in values.items() if v is not None})
