@@ -58,6 +58,14 @@ VARIANTS: dict[str, tuple[str, dict]] = {
         {"train": {"lora_layers": 8, "argument_loss_weight": 10.0, "call_balance": "sqrt"}},
     ),
     "top15": ("LoRA on the top 15 of 30 layers, frozen layers cached", {"train": {"lora_layers": 15}}),
+    "top15-arg10": (
+        "top 15 layers cached, argument tokens 10x",
+        {"train": {"lora_layers": 15, "argument_loss_weight": 10.0}},
+    ),
+    "top20-arg10": (
+        "top 20 layers cached, argument tokens 10x",
+        {"train": {"lora_layers": 20, "argument_loss_weight": 10.0}},
+    ),
     "weight20": ("every call token weighted 20x", {"train": {"call_loss_weight": 20.0, "argument_loss_weight": 20.0}}),
     "plain": ("no call weighting", {"train": {"call_loss_weight": 1.0}}),
     "calls-first": ("calls before the narration in training", {"data": {"call_order": "first"}}),
