@@ -62,6 +62,10 @@ VARIANTS: dict[str, tuple[str, dict]] = {
         "top 15 layers cached, argument tokens 10x",
         {"train": {"lora_layers": 15, "argument_loss_weight": 10.0}},
     ),
+    "top15-arg10-lr3e-3": (
+        "top 15 layers cached, argument tokens 10x, learning rate 3e-3",
+        {"train": {"lora_layers": 15, "argument_loss_weight": 10.0, "learning_rate": 3e-3}},
+    ),
     "top20-arg10": (
         "top 20 layers cached, argument tokens 10x",
         {"train": {"lora_layers": 20, "argument_loss_weight": 10.0}},
