@@ -68,3 +68,13 @@ def test_a_run_saved_by_an_earlier_dmforge_still_loads(tmp_path: Path):
     saved.write_text("export:\n  max_intent_drop: 0.05\neval:\n  all_quants: true\n  greedy_column: false\n")
     config = load_config(saved)
     assert config.export.max_metric_drop == 0.05 and config.eval.diagnostics is True
+
+
+def test_the_training_budget_is_forty_minutes_on_a_cpu_and_none_on_a_gpu():
+    train = load_config().train
+    assert train.max_minutes == "auto"
+    assert train.budget_minutes("cpu") == 40.0 and train.budget_minutes("cuda") is None
+    assert train.budget_minutes("mps") is None
+    assert load_config(None, {"train": {"max_minutes": 12}}).train.budget_minutes("cuda") == 12
+    with pytest.raises(DmforgeError, match="positive number of minutes"):
+        load_config(None, {"train": {"max_minutes": 0}})

@@ -134,6 +134,10 @@ class ModelConfig(_Section):
     tool_result_prefix: str = Field("Tool results:\n", description="Text before tool results in a user turn.")
 
 
+# What `train.max_minutes: auto` gives a CPU: the budget the recipe sweep measured (docs/model-quality.md).
+CPU_TRAINING_MINUTES = 40.0
+
+
 class TrainConfig(_Section):
     """LoRA fine-tuning. The defaults train SmolLM2-135M on the sample corpus in minutes on a laptop CPU."""
 
@@ -152,11 +156,13 @@ class TrainConfig(_Section):
         description="Incremental runs (scenarios added or changed since the latest version): unchanged samples "
         "replayed per new one, so the update does not forget what the parent version learnt.",
     )
-    max_minutes: float | None = Field(
-        None,
-        gt=0,
+    max_minutes: float | Literal["auto"] | None = Field(
+        "auto",
         description="A training-time budget: the run's steps are planned from the preflight's measured speed to "
-        "fill it (`epochs` is then ignored, unless `max_steps` is set), and training stops at it in any case.",
+        "fill it (`epochs` is then ignored, unless `max_steps` is set), and training stops at it in any case. "
+        f"`auto`: {CPU_TRAINING_MINUTES:g} minutes on a CPU, where the full recipe would take hours (what the "
+        "budget buys is measured in docs/model-quality.md), and no budget on a GPU, which trains `epochs` in "
+        "minutes; null: never a budget.",
     )
     max_seq_len: int = Field(
         2048,
@@ -233,6 +239,20 @@ class TrainConfig(_Section):
     )
     seed: int = Field(1234)
     device: Literal["auto", "cpu", "cuda", "mps"] = "auto"
+
+    @field_validator("max_minutes")
+    @classmethod
+    def _positive_budget(cls, value):
+        if isinstance(value, float | int) and value <= 0:
+            raise ValueError("must be a positive number of minutes, `auto`, or null")
+        return value
+
+    def budget_minutes(self, device: str) -> float | None:
+        """The training budget on `device` (`cpu`, `cuda`, `mps`), `auto` resolved."""
+        if self.max_minutes == "auto":
+            return CPU_TRAINING_MINUTES if device == "cpu" else None
+        return self.max_minutes
+
     dtype: Literal["auto", "float32", "bfloat16", "float16"] = "auto"
     threads: int | None = Field(None, ge=1, description="CPU threads; default: one per physical core.")
     qlora: bool = Field(False, description="Load the base in 4-bit (CUDA with bitsandbytes only).")

@@ -253,6 +253,7 @@ def _finetune_locked(
         )
 
     hardware = detect_hardware(t.device, t.dtype, t.threads)
+    t = t.model_copy(update={"max_minutes": t.budget_minutes(hardware.device)})
     console.print(f"[bold]device[/] {hardware.description}, {hardware.dtype_name}, {hardware.threads} threads")
     with console.status("attaching LoRA adapters…"):
         model = lora_model(base.path, t, hardware)
@@ -260,7 +261,7 @@ def _finetune_locked(
         load_parent_adapter(model, Path(lineage.adapter))
     pad_id = tokenizer.pad_token_id
 
-    preflight = None
+    preflight = forecast = None
     resuming = (run_dir / "checkpoints").exists()
     announce(
         "preflight",
@@ -284,17 +285,23 @@ def _finetune_locked(
             minutes = preflight.total_seconds / 60
             tip = advice(base.spec, minutes, base.preset.parameters_m, t.max_minutes)
             console.print(f"[bold]bases[/] {escape(tip)}")
+        steps_per_epoch = make_plan(train, t).batches_per_epoch / t.grad_accum
         if t.max_minutes and not t.max_steps:
             # Plan the schedule to fill the budget, rather than cutting a cosine schedule off midway or
             # stopping short of it: equal minutes is how recipes are compared (bench/quality_sweep.py).
-            steps_per_epoch = make_plan(train, t).batches_per_epoch / t.grad_accum
             fit = preflight.steps_within(t.max_minutes * 60, steps_per_epoch)
-            epochs = fit / steps_per_epoch
             console.print(
-                f"[bold]budget[/] {t.max_minutes:g} min: {fit} steps, {epochs:.1f} epochs "
+                f"[bold]budget[/] {t.max_minutes:g} min: {fit} steps, {fit / steps_per_epoch:.1f} epochs "
                 f"(the recipe's {t.epochs:g} epochs would be {preflight.total_steps} steps)"
             )
             t = t.model_copy(update={"max_steps": fit})
+        planned = make_plan(train, t).total_steps
+        forecast = {
+            "steps": planned,
+            "seconds": round(preflight.seconds_for(planned, steps_per_epoch), 1),
+            "budget_minutes": t.max_minutes,
+            "busy_share": round(preflight.busy_share, 3),
+        }
 
     accelerator = None
     if world > 1:  # launched by `accelerate launch` on several GPUs
@@ -352,6 +359,8 @@ def _finetune_locked(
         "stopped_early": state.stopped_early,
         "samples": {"train": len(train), "validation": len(validation), "windowed": windowed},
         "preflight": asdict(preflight) if preflight else None,
+        # What the preflight forecast for the planned steps, beside what they took (`train_seconds`).
+        "forecast": forecast,
         "device": hardware.description,
         "dtype": hardware.dtype_name,
         "incremental": incremental,
