@@ -3,6 +3,11 @@
     .venv/bin/python bench/train_throughput.py            # 12 steps of 4 samples, the default 2048-token windows
     .venv/bin/python bench/train_throughput.py --json     # the same, as JSON
     .venv/bin/python bench/train_throughput.py --tiny     # 2 steps of 512-token windows (CI: it cannot rot)
+    .venv/bin/python bench/train_throughput.py --lora-layers 15 --epochs 2   # the default recipe's layers
+
+With `--lora-layers N` both arms adapt the same top N layers; dmforge keeps the frozen layers' outputs
+(training/frozen.py), so with `--epochs 2` its second pass over the samples runs only the adapted layers,
+while the naive arm computes every layer every time, as a Trainer does.
 
 Both arms train the same LoRA (same rank, targets and initial weights) with the same optimizer and
 learning-rate schedule on the same samples in the same order, step for step: each optimizer step
@@ -42,8 +47,9 @@ LOSS_TOLERANCE = 0.01  # relative: the issue's "losses within 1%"
 TARGET_RATIO = 2.5
 
 
-def prepare_samples(base: str, max_seq_len: int, count: int, out: Path) -> None:
-    """The first `count` training samples of the sample corpus, as dmforge renders them, into `out`."""
+def prepare_samples(base: str, max_seq_len: int, count: int, out: Path, epochs: int = 1) -> None:
+    """The first `count` training samples of the sample corpus, as dmforge renders them, into `out`, with the
+    order dmforge's loop walks them in over `epochs` passes."""
     from corpus import corpus_conversations
 
     from dmforge.config import load_config
@@ -60,7 +66,8 @@ def prepare_samples(base: str, max_seq_len: int, count: int, out: Path) -> None:
     chosen = samples[:count]
     # dmforge's loop walks these in its own order (length-grouped windows, shuffled, a pure function of
     # the seed); the naive arm is handed them in that order, so step k is the same batch in both.
-    walk = epoch_batches([len(s.input_ids) for s in chosen], 1, config.train.seed, 0)
+    lengths = [len(s.input_ids) for s in chosen]
+    walk = [b for epoch in range(epochs) for b in epoch_batches(lengths, 1, config.train.seed, epoch)]
     out.write_text(
         json.dumps(
             {
@@ -84,6 +91,8 @@ def _train_config(args, **extra):
         learning_rate=1e-3,
         warmup_steps=min(2, args.steps - 1),
         call_loss_weight=1.0,  # the naive loss weighs every trained token the same
+        argument_loss_weight=1.0,
+        lora_layers=args.lora_layers,
         eval_every=10**6,
         save_every=10**6,
         early_stopping_patience=0,
@@ -158,6 +167,7 @@ def run_dmforge(args, data: dict) -> dict:
 
     from dmforge.models.hardware import detect_hardware
     from dmforge.training.chat import Sample
+    from dmforge.training.frozen import frozen_cache
     from dmforge.training.loop import train_loop
     from dmforge.training.lora import lora_model
 
@@ -166,10 +176,10 @@ def run_dmforge(args, data: dict) -> dict:
     model = lora_model(Path(data["model_path"]), config, hardware)
     samples = [Sample("bench", s["input_ids"], s["labels"]) for s in data["samples"]]
     rows: list[dict] = []
+    quiet = Console(file=io.StringIO())
     with tempfile.TemporaryDirectory() as run_dir:
-        train_loop(
-            model, samples, [], config, Path(run_dir), data["pad_id"], Console(file=io.StringIO()), log=rows.append
-        )
+        cache = frozen_cache(model, config.cache_frozen_layers)
+        train_loop(model, samples, [], config, Path(run_dir), data["pad_id"], quiet, log=rows.append, cache=cache)
     steps = [r for r in rows if "loss" in r]
     return {
         "step_seconds": [r["seconds"] for r in steps],
@@ -222,6 +232,8 @@ def main() -> int:
     parser.add_argument("--batch", type=int, default=4, help="Training samples per optimizer step.")
     parser.add_argument("--max-seq-len", type=int, default=2048, help="Longest sample, in tokens.")
     parser.add_argument("--tiny", action="store_true", help="2 steps of 2 samples of at most 512 tokens (CI).")
+    parser.add_argument("--lora-layers", type=int, help="Both arms adapt only the top N layers.")
+    parser.add_argument("--epochs", type=int, default=1, help="Passes over the same samples (steps × epochs).")
     parser.add_argument("--json", action="store_true", help="Print the results as JSON.")
     parser.add_argument("--arm", choices=["naive", "dmforge"], help=argparse.SUPPRESS)
     parser.add_argument("--samples", help=argparse.SUPPRESS)
@@ -233,15 +245,18 @@ def main() -> int:
         _arm(args)
         return 0
 
+    per_epoch = args.steps
+    args.steps *= args.epochs
     with tempfile.TemporaryDirectory() as tmp:
         samples = Path(tmp) / "samples.json"
-        prepare_samples(args.base, args.max_seq_len, args.steps * args.batch, samples)
+        prepare_samples(args.base, args.max_seq_len, per_epoch * args.batch, samples, args.epochs)
         data = json.loads(samples.read_text())
         arms = {}
         for arm in ("naive", "dmforge"):
             result = Path(tmp) / f"{arm}.json"
             command = [sys.executable, __file__, "--arm", arm, "--samples", str(samples), "--result", str(result)]
             command += ["--steps", str(args.steps), "--batch", str(args.batch), "--max-seq-len", str(args.max_seq_len)]
+            command += ["--lora-layers", str(args.lora_layers)] if args.lora_layers else []
             # The arms' own chatter (the Trainer prints its logs) goes to stderr: stdout is the report.
             subprocess.run(
                 command, check=True, stdout=sys.stderr, env={**os.environ, "TOKENIZERS_PARALLELISM": "false"}
@@ -254,6 +269,8 @@ def main() -> int:
         "steps": args.steps,
         "samples_per_step": args.batch,
         "max_seq_len": args.max_seq_len,
+        "lora_layers": args.lora_layers,
+        "epochs": args.epochs,
         "naive": naive,
         "dmforge": ours,
         "ratio": round(ours["trained_tokens_per_s"] / naive["trained_tokens_per_s"], 2),
@@ -264,7 +281,8 @@ def main() -> int:
     if args.json:
         print(json.dumps(report, indent=2))
         return 0
-    print(f"{args.base}: {args.steps} steps of {args.batch} samples (≤ {args.max_seq_len} tokens)")
+    layers = f", LoRA on the top {args.lora_layers} layers" if args.lora_layers else ""
+    print(f"{args.base}: {args.steps} steps of {args.batch} samples (≤ {args.max_seq_len} tokens){layers}")
     head = ["dtype", "trained tok/s", "total tok/s", "peak RSS", "first loss", "final loss"]
     print(f"{'':10}" + "".join(f"{h:>{w}}" for h, w in zip(head, (10, 15, 13, 10, 12, 12), strict=True)))
     for arm in (naive, ours):
