@@ -31,6 +31,7 @@ from safetensors.torch import load_file
 from dmforge import __version__
 from dmforge.config import DmforgeConfig
 from dmforge.dataset import build_dataset, corpus_fingerprint
+from dmforge.dataset.build import DatasetStats
 from dmforge.errors import DmforgeError
 from dmforge.files import read_json, write_json, write_text
 from dmforge.locks import hold_run_folder
@@ -39,9 +40,9 @@ from dmforge.models.hardware import detect_hardware
 from dmforge.models.load import load_tokenizer
 from dmforge.models.resolve import resolve_base
 from dmforge.registry.runs import BaseRecord, RunManifest, scenario_hashes, write_manifest
-from dmforge.scenarios import check_paths
+from dmforge.scenarios import CheckReport, check_paths
 from dmforge.tools.registry import Registry
-from dmforge.training.chat import build_samples, detect_chat_format, template_messages
+from dmforge.training.chat import ChatFormat, Sample, build_samples, detect_chat_format, template_messages
 from dmforge.training.checkpoint import load_trainable_state
 from dmforge.training.frozen import frozen_cache
 from dmforge.training.incremental import Lineage, incremental_samples, load_parent_adapter, scaled_steps
@@ -165,16 +166,105 @@ def finetune(
         return _finetune_locked(config, registry, console, announce, base, tokenizer, run_dir, lineage, on_log)
 
 
+@dataclass
+class RunData:
+    """What the build stage hands to training: the dataset, its chat format and the rendered samples."""
+
+    checked: CheckReport  # the scenarios the dataset was built from
+    corpus: str  # their fingerprint
+    stats: DatasetStats
+    dataset_dir: Path
+    fmt: ChatFormat
+    conversations: dict[str, list[dict]]
+    train: list[Sample]
+    validation: list[Sample]
+    incremental: dict | None = None  # what an incremental run trains on
+
+
 def _finetune_locked(
     config, registry, console, announce, base, tokenizer, run_dir: Path, lineage: Lineage | None, on_log=None
 ) -> FinetuneResult:
-    t = config.train
-    random.seed(t.seed)
-    torch.manual_seed(t.seed)
-
+    random.seed(config.train.seed)
+    torch.manual_seed(config.train.seed)
     console.print(f"[bold]run[/] {escape(str(run_dir))}")
     announce("build", f"validated dataset in {escape(str(run_dir / 'dataset'))}")
-    # The identity is checked before the dataset is written: a run that cannot resume keeps its dataset.
+    data = _build(config, registry, tokenizer, run_dir, lineage)
+    model_type = _architecture(base, console)
+    t = config.train
+    if lineage is not None:
+        t, data.incremental = _incremental(data, t, lineage, console)
+    _record_samples(data, t, config.decode.n_predict, console)
+    if base.quantized_from:
+        console.print(
+            f"[yellow]note:[/] the base `{escape(config.model.base)}` ships as a {base.quantized_from} GGUF, so this "
+            "run trains from weights that were already cut to a few bits. Where the Hugging Face hub is reachable, "
+            "a full-precision base trains better (`dmforge models list`)."
+        )
+
+    hardware = detect_hardware(t.device, t.dtype, t.threads)
+    t = t.model_copy(update={"max_minutes": t.budget_minutes(hardware.device)})
+    console.print(f"[bold]device[/] {hardware.description}, {hardware.dtype_name}, {hardware.threads} threads")
+    with console.status("attaching LoRA adapters…"):
+        model = lora_model(base.path, t, hardware)
+    if lineage is not None:  # a checkpoint, when resuming, replaces these weights again
+        load_parent_adapter(model, Path(lineage.adapter))
+    world = int(os.environ.get("WORLD_SIZE", "1"))
+    # NEFTune changes the frozen layers' input every step, and Unsloth and DDP run their own forward passes.
+    cacheable = world == 1 and not t.neftune_alpha and not use_unsloth(t, hardware)
+    cache = frozen_cache(model, t.cache_frozen_layers and cacheable)
+    t, preflight, forecast = _preflight_and_plan(
+        model, data.train, t, hardware, base, tokenizer, run_dir, cache, console, announce
+    )
+
+    accelerator = None
+    if world > 1:  # launched by `accelerate launch` on several GPUs
+        from accelerate import Accelerator
+
+        accelerator = Accelerator()
+    announce("train", f"LoRA r={t.lora_r} on {len(data.train)} samples, then merge into the base")
+    state = _train(model, data, t, run_dir, tokenizer, console, accelerator, cache, on_log)
+
+    # The adapter that ships is the best by held-out call score (or validation loss), not merely the last.
+    best = run_dir / "best-adapter.safetensors"
+    if best.is_file():
+        load_trainable_state(model, load_file(best))
+    with console.status("saving the adapter and merging it into the base…"):
+        unwrapped = accelerator.unwrap_model(model) if accelerator else model
+        unwrapped.save_pretrained(run_dir / "adapter")
+        merged = run_dir / "merged"
+        merge_adapter(base.path, run_dir / "adapter", merged, tokenizer)
+        first = (data.conversations["validation"] or data.conversations["train"])[0]
+        sample = _sample_reply(merged, tokenizer, data.fmt, first)
+
+    metrics = _metrics(state, t, data, preflight, forecast, hardware)
+    write_json(run_dir / "metrics.json", metrics)
+    _plots(run_dir, config, data, state, hardware, sample)
+    write_manifest(
+        run_dir,
+        RunManifest(
+            dmforge_version=__version__,
+            base=BaseRecord(spec=base.spec, origin=base.origin, path=str(base.path), model_type=model_type),
+            dataset={"path": str(data.dataset_dir), "corpus_fingerprint": data.corpus},
+            chat_format=asdict(data.fmt),
+            max_seq_len=t.max_seq_len,
+            adapter=str(run_dir / "adapter"),
+            merged=str(merged),
+            sample_reply=sample,
+            steps=state.step,
+            scenarios=scenario_hashes(data.checked.scenarios),
+            kind="incremental" if lineage else "full",
+            parent=lineage.parent if lineage else None,
+            incremental=data.incremental,
+        ),
+    )
+    return FinetuneResult(run_dir, merged, metrics)
+
+
+def _build(config, registry, tokenizer, run_dir: Path, lineage: Lineage | None) -> RunData:
+    """Check the scenarios, build the run's dataset and render its samples through the base's chat template.
+
+    The identity is checked before the dataset is written: a run that cannot resume keeps its dataset.
+    """
     checked = check_paths([config.data.scenarios], registry, config.data.max_file_bytes)
     corpus = corpus_fingerprint(checked.scenarios, config.data)
     identity = run_identity(config, corpus, lineage)
@@ -184,49 +274,59 @@ def _finetune_locked(
     )
     write_json(run_dir / "identity.json", identity)
     write_text(run_dir / "config.yaml", yaml.safe_dump(json.loads(config.model_dump_json()), sort_keys=False))
+    fmt = detect_chat_format(tokenizer, config.model.tool_results, config.model.tool_result_prefix)
+    conversations = {
+        split: [json.loads(line) for line in (dataset_dir / f"{split}.jsonl").read_text().splitlines()]
+        for split in ("train", "validation")
+    }
+    t, reply = config.train, config.decode.n_predict
+    train = build_samples(tokenizer, fmt, conversations["train"], t.max_seq_len, reply)
+    validation = conversations["validation"]
+    validation = build_samples(tokenizer, fmt, validation, t.max_seq_len, reply) if validation else []
+    if t.loss_on == "all":  # every token is a target; the DM turns keep their spans for the call weights
+        for sample in train:
+            sample.labels = list(sample.input_ids)
+    return RunData(checked, corpus, stats, dataset_dir, fmt, conversations, train, validation)
 
+
+def _architecture(base, console) -> str:
+    """The base's model type, with a warning when the app's runtime cannot load it."""
     model_type = json.loads((base.path / "config.json").read_text()).get("model_type", "?")
     if model_type not in CACTUS_ARCHITECTURES:
         console.print(
             f"[yellow]warning:[/] architecture `{model_type}` is not one the app's Cactus 0.2.x runtime loads "
             f"({', '.join(sorted(CACTUS_ARCHITECTURES))}); the export stage will refuse it."
         )
-    fmt = detect_chat_format(tokenizer, config.model.tool_results, config.model.tool_result_prefix)
-    conversations = {
-        split: [json.loads(line) for line in (dataset_dir / f"{split}.jsonl").read_text().splitlines()]
-        for split in ("train", "validation")
-    }
-    reply = config.decode.n_predict
-    train = build_samples(tokenizer, fmt, conversations["train"], t.max_seq_len, reply)
-    validation = (
-        build_samples(tokenizer, fmt, conversations["validation"], t.max_seq_len, reply)
-        if conversations["validation"]
-        else []
+    return model_type
+
+
+def _incremental(data: RunData, t, lineage: Lineage, console):
+    """The changed files' samples plus a replay sample, and the steps scaled to them: (train config, record)."""
+    scenario_of = {c["id"]: c["scenario"] for c in data.conversations["train"]}
+    full, full_steps = len(data.train), make_plan(data.train, t).total_steps
+    data.train, new, replayed = incremental_samples(
+        data.train, [scenario_of[s.conversation] for s in data.train], set(lineage.changed), t.replay_ratio, t.seed
     )
-    if t.loss_on == "all":  # every token is a target; the DM turns keep their spans for the call weights
-        for sample in train:
-            sample.labels = list(sample.input_ids)
-    incremental = None
-    if lineage is not None:
-        scenario_of = {c["id"]: c["scenario"] for c in conversations["train"]}
-        full, full_steps = len(train), make_plan(train, t).total_steps
-        train, new, replayed = incremental_samples(
-            train, [scenario_of[s.conversation] for s in train], set(lineage.changed), t.replay_ratio, t.seed
-        )
-        t = t.model_copy(update={"max_steps": scaled_steps(full_steps, len(train), full)})
-        incremental = lineage.to_json() | {
-            "new_samples": new,
-            "replayed_samples": replayed,
-            "full_samples": full,
-            "full_run_steps": full_steps,
-            "steps": t.max_steps,
-        }
-        console.print(
-            f"[bold]incremental[/] from {lineage.parent}: {len(lineage.changed)} added or changed file(s), "
-            f"{new} new sample(s) + {replayed} replayed of {full}; {t.max_steps} steps (a full run: {full_steps})"
-        )
+    t = t.model_copy(update={"max_steps": scaled_steps(full_steps, len(data.train), full)})
+    record = lineage.to_json() | {
+        "new_samples": new,
+        "replayed_samples": replayed,
+        "full_samples": full,
+        "full_run_steps": full_steps,
+        "steps": t.max_steps,
+    }
+    console.print(
+        f"[bold]incremental[/] from {lineage.parent}: {len(lineage.changed)} added or changed file(s), "
+        f"{new} new sample(s) + {replayed} replayed of {full}; {t.max_steps} steps (a full run: {full_steps})"
+    )
+    return t, record
+
+
+def _record_samples(data: RunData, t, reply: int, console) -> None:
+    """The rendered samples' counts, into the dataset's stats.json and on the console."""
+    train, validation = data.train, data.validation
     windowed = sum(s.windowed for s in train)
-    stats_path = dataset_dir / "stats.json"
+    stats_path = data.dataset_dir / "stats.json"
     stats_json = json.loads(stats_path.read_text())
     stats_json["samples"] = {
         "max_seq_len": t.max_seq_len,
@@ -242,26 +342,17 @@ def _finetune_locked(
     console.print(
         f"[bold]data[/] {len(train)} training samples ({sum(s.trained_tokens for s in train):,} DM tokens, "
         f"{sum(len(s.calls) for s in train)} calls; {windowed} in a context window of {t.max_seq_len} tokens), "
-        f"{len(validation)} validation; tool results in the {'tool' if fmt.tool_role else 'user'} role; "
-        f"turns end with {escape(fmt.end_of_turn)}"
+        f"{len(validation)} validation; tool results in the {'tool' if data.fmt.tool_role else 'user'} role; "
+        f"turns end with {escape(data.fmt.end_of_turn)}"
     )
-    if base.quantized_from:
-        console.print(
-            f"[yellow]note:[/] the base `{escape(config.model.base)}` ships as a {base.quantized_from} GGUF, so this "
-            "run trains from weights that were already cut to a few bits. Where the Hugging Face hub is reachable, "
-            "a full-precision base trains better (`dmforge models list`)."
-        )
 
-    hardware = detect_hardware(t.device, t.dtype, t.threads)
-    t = t.model_copy(update={"max_minutes": t.budget_minutes(hardware.device)})
-    console.print(f"[bold]device[/] {hardware.description}, {hardware.dtype_name}, {hardware.threads} threads")
-    with console.status("attaching LoRA adapters…"):
-        model = lora_model(base.path, t, hardware)
-    if lineage is not None:  # a checkpoint, when resuming, replaces these weights again
-        load_parent_adapter(model, Path(lineage.adapter))
-    pad_id = tokenizer.pad_token_id
 
-    preflight = forecast = None
+def _preflight_and_plan(model, train, t, hardware, base, tokenizer, run_dir: Path, cache, console, announce):
+    """Time a few real steps, refuse what cannot fit, and plan the steps that fill the time budget.
+
+    Returns the training config with the planned `max_steps`, the preflight report and the forecast
+    (both None when resuming or when `preflight_steps` is 0).
+    """
     resuming = (run_dir / "checkpoints").exists()
     announce(
         "preflight",
@@ -271,44 +362,38 @@ def _finetune_locked(
         if t.preflight_steps
         else "skipped (train.preflight_steps is 0)",
     )
-    world = int(os.environ.get("WORLD_SIZE", "1"))
-    # NEFTune changes the frozen layers' input every step, and Unsloth and DDP run their own forward passes.
-    cacheable = world == 1 and not t.neftune_alpha and not use_unsloth(t, hardware)
-    cache = frozen_cache(model, t.cache_frozen_layers and cacheable)
-    if t.preflight_steps and not resuming:
-        with console.status("preflight: timing a few real steps…"):
-            preflight = run_preflight(model, train, t, hardware, pad_id, cache)
-        console.print(f"[bold]preflight[/] {preflight.summary()}")
-        if base.preset is not None:
-            from dmforge.models.recommend import advice
+    if not t.preflight_steps or resuming:
+        return t, None, None
+    with console.status("preflight: timing a few real steps…"):
+        preflight = run_preflight(model, train, t, hardware, tokenizer.pad_token_id, cache)
+    console.print(f"[bold]preflight[/] {preflight.summary()}")
+    if base.preset is not None:
+        from dmforge.models.recommend import advice
 
-            minutes = preflight.total_seconds / 60
-            tip = advice(base.spec, minutes, base.preset.parameters_m, t.max_minutes)
-            console.print(f"[bold]bases[/] {escape(tip)}")
-        steps_per_epoch = make_plan(train, t).batches_per_epoch / t.grad_accum
-        if t.max_minutes and not t.max_steps:
-            # Plan the schedule to fill the budget, rather than cutting a cosine schedule off midway or
-            # stopping short of it: equal minutes is how recipes are compared (bench/quality_sweep.py).
-            fit = preflight.steps_within(t.max_minutes * 60, steps_per_epoch)
-            console.print(
-                f"[bold]budget[/] {t.max_minutes:g} min: {fit} steps, {fit / steps_per_epoch:.1f} epochs "
-                f"(the recipe's {t.epochs:g} epochs would be {preflight.total_steps} steps)"
-            )
-            t = t.model_copy(update={"max_steps": fit})
-        planned = make_plan(train, t).total_steps
-        forecast = {
-            "steps": planned,
-            "seconds": round(preflight.seconds_for(planned, steps_per_epoch), 1),
-            "budget_minutes": t.max_minutes,
-            "busy_share": round(preflight.busy_share, 3),
-        }
+        tip = advice(base.spec, preflight.total_seconds / 60, base.preset.parameters_m, t.max_minutes)
+        console.print(f"[bold]bases[/] {escape(tip)}")
+    steps_per_epoch = make_plan(train, t).batches_per_epoch / t.grad_accum
+    if t.max_minutes and not t.max_steps:
+        # Plan the schedule to fill the budget, rather than cutting a cosine schedule off midway or
+        # stopping short of it: equal minutes is how recipes are compared (bench/quality_sweep.py).
+        fit = preflight.steps_within(t.max_minutes * 60, steps_per_epoch)
+        console.print(
+            f"[bold]budget[/] {t.max_minutes:g} min: {fit} steps, {fit / steps_per_epoch:.1f} epochs "
+            f"(the recipe's {t.epochs:g} epochs would be {preflight.total_steps} steps)"
+        )
+        t = t.model_copy(update={"max_steps": fit})
+    planned = make_plan(train, t).total_steps
+    forecast = {
+        "steps": planned,
+        "seconds": round(preflight.seconds_for(planned, steps_per_epoch), 1),
+        "budget_minutes": t.max_minutes,
+        "busy_share": round(preflight.busy_share, 3),
+    }
+    return t, preflight, forecast
 
-    accelerator = None
-    if world > 1:  # launched by `accelerate launch` on several GPUs
-        from accelerate import Accelerator
 
-        accelerator = Accelerator()
-    announce("train", f"LoRA r={t.lora_r} on {len(train)} samples, then merge into the base")
+def _train(model, data: RunData, t, run_dir: Path, tokenizer, console, accelerator, cache, on_log):
+    """The training loop, every step's row written to logs/train.jsonl (and shown to `on_log`)."""
     log_path = run_dir / "logs" / "train.jsonl"
     log_path.parent.mkdir(exist_ok=True)
     with log_path.open("a", encoding="utf-8") as log_file:
@@ -319,13 +404,13 @@ def _finetune_locked(
             if on_log is not None:
                 on_log(row)
 
-        state = train_loop(
+        return train_loop(
             model,
-            train,
-            validation,
+            data.train,
+            data.validation,
             t,
             run_dir,
-            pad_id,
+            tokenizer.pad_token_id,
             console,
             accelerator,
             log=log,
@@ -333,18 +418,9 @@ def _finetune_locked(
             cache=cache,
         )
 
-    # The adapter that ships is the best by held-out call score (or validation loss), not merely the last.
-    best = run_dir / "best-adapter.safetensors"
-    if best.is_file():
-        load_trainable_state(model, load_file(best))
-    with console.status("saving the adapter and merging it into the base…"):
-        unwrapped = accelerator.unwrap_model(model) if accelerator else model
-        unwrapped.save_pretrained(run_dir / "adapter")
-        merged = run_dir / "merged"
-        merge_adapter(base.path, run_dir / "adapter", merged, tokenizer)
-        sample = _sample_reply(merged, tokenizer, fmt, (conversations["validation"] or conversations["train"])[0])
 
-    metrics = {
+def _metrics(state, t, data: RunData, preflight, forecast, hardware) -> dict:
+    return {
         "train_loss": state.train_loss,
         "val_loss": state.val_loss,
         "final_val_loss": state.val_loss[-1][1] if state.val_loss else None,
@@ -357,16 +433,23 @@ def _finetune_locked(
         "trained_tokens": state.tokens,
         "train_seconds": round(state.seconds, 1),
         "stopped_early": state.stopped_early,
-        "samples": {"train": len(train), "validation": len(validation), "windowed": windowed},
+        "samples": {
+            "train": len(data.train),
+            "validation": len(data.validation),
+            "windowed": sum(s.windowed for s in data.train),
+        },
         "preflight": asdict(preflight) if preflight else None,
         # What the preflight forecast for the planned steps, beside what they took (`train_seconds`).
         "forecast": forecast,
         "device": hardware.description,
         "dtype": hardware.dtype_name,
-        "incremental": incremental,
+        "incremental": data.incremental,
     }
-    write_json(run_dir / "metrics.json", metrics)
-    title = f"dmforge: {config.model.base} on {stats.scenarios['train']} scenarios"
+
+
+def _plots(run_dir: Path, config, data: RunData, state, hardware, sample: dict) -> None:
+    """loss.png and report.html: the loss curves and the run's figures, for people."""
+    title = f"dmforge: {config.model.base} on {data.stats.scenarios['train']} scenarios"
     loss_curve_png(run_dir / "loss.png", state.train_loss, state.val_loss, title)
     metrics_html(
         run_dir / "report.html",
@@ -383,22 +466,3 @@ def _finetune_locked(
             "sample reply": sample["reply"],
         },
     )
-    write_manifest(
-        run_dir,
-        RunManifest(
-            dmforge_version=__version__,
-            base=BaseRecord(spec=base.spec, origin=base.origin, path=str(base.path), model_type=model_type),
-            dataset={"path": str(dataset_dir), "corpus_fingerprint": corpus},
-            chat_format=asdict(fmt),
-            max_seq_len=t.max_seq_len,
-            adapter=str(run_dir / "adapter"),
-            merged=str(merged),
-            sample_reply=sample,
-            steps=state.step,
-            scenarios=scenario_hashes(checked.scenarios),
-            kind="incremental" if lineage else "full",
-            parent=lineage.parent if lineage else None,
-            incremental=incremental,
-        ),
-    )
-    return FinetuneResult(run_dir, merged, metrics)

@@ -165,33 +165,16 @@ def train_loop(
     """
     device = next(model.parameters()).device.type
     plan = make_plan(train, config)
-    optimizer, scheduler = make_optimizer(model, config, plan.total_steps)
-    if accelerator is not None:
-        model, optimizer = accelerator.prepare(model, optimizer)
     checkpoints = run_dir / "checkpoints"
     best_path = run_dir / "best-adapter.safetensors"
-
-    state = LoopState()
-    resume = latest_checkpoint(checkpoints)
-    if resume is not None:
-        state = load_checkpoint(resume, model, optimizer, scheduler)
-        console.print(f"[cyan]Resuming[/] from {resume.name} (step {state.step} of {plan.total_steps}).")
+    model, optimizer, scheduler, state = _start(model, config, plan, checkpoints, console, accelerator)
     if state.stopped_early or state.step >= plan.total_steps:
         return state
 
     model.train()
     progress = _progress(console)
-    task = progress.add_task(
-        "train",
-        total=plan.total_steps,
-        completed=state.step,
-        loss=_fmt(state.train_loss[-1][1] if state.train_loss else None),
-        val=_fmt(state.val_loss[-1][1] if state.val_loss else None),
-        calls=_fmt(state.val_calls[-1][1]["call_score"] if state.val_calls else None),
-        tps="-",
-    )
+    task = progress.add_task("train", total=plan.total_steps, completed=state.step, **_progress_fields(state))
     noise = _neftune(model, config.neftune_alpha) if config.neftune_alpha else None
-    rank, world = (accelerator.process_index, accelerator.num_processes) if accelerator else (0, 1)
     trainable = [p for p in model.parameters() if p.requires_grad]
     weights = token_weights(config, train)
 
@@ -213,65 +196,19 @@ def train_loop(
                 started = time.monotonic()
                 step_rng = rng_state()
                 micro_batches = step_batches(train, config, plan, state.step)
-                tensors_list = [collate(b, pad_id, weights) for b in micro_batches]
-                step_weight = sum(float(t["weights"].sum()) for t in tensors_list)
-                step_tokens = sum(s.trained_tokens for b in micro_batches for s in b)
-                step_loss = 0.0
-                mine = tensors_list[rank::world]
-                for i, (batch, members) in enumerate(zip(mine, micro_batches[rank::world], strict=True)):
-                    loss_sum, _ = _step_loss(model, _to(batch, device), world > 1, cache, members)
-                    # Dividing by the whole step's weight (all processes) gives an exact per-token mean.
-                    loss = loss_sum / max(step_weight, 1.0)
-                    if accelerator is not None:
-                        sync = i == len(mine) - 1
-                        with accelerator.no_sync(model) if not sync and world > 1 else nullcontext():
-                            accelerator.backward(loss)
-                    else:
-                        loss.backward()
-                    step_loss += loss.item()
-                if accelerator is not None and world > 1:
-                    step_loss = float(accelerator.reduce(torch.tensor(step_loss, device=device), reduction="sum"))
+                step_loss = _forward_backward(model, micro_batches, pad_id, weights, device, accelerator, cache)
                 # From the optimizer step to the checkpoint, a stop is held: weights that moved while the
                 # counters did not would resume into a different run than the one that was stopped.
                 committing = True
                 with deferred(hold_notice):
-                    torch.nn.utils.clip_grad_norm_(trainable, config.max_grad_norm)
-                    optimizer.step()
-                    scheduler.step()
-                    optimizer.zero_grad(set_to_none=True)
-                    if not math.isfinite(step_loss):
-                        raise DmforgeError(
-                            f"The training loss became {step_loss} at step {state.step + 1}. Lower the learning rate "
-                            "(train.learning_rate) or use dtype: float32, then run again with a new --run-dir."
-                        )
-
-                    elapsed = time.monotonic() - started
-                    state.step += 1
-                    state.tokens += step_tokens
-                    state.seconds += elapsed
-                    state.train_loss.append((state.step, step_loss))
-                    tps = sum(len(s.input_ids) for b in micro_batches for s in b) / max(elapsed, 1e-9)
-                    if log:
-                        lr = scheduler.get_last_lr()[0]
-                        log({"step": state.step, "loss": step_loss, "lr": lr, "tok_s": tps, "seconds": elapsed})
-
+                    _apply_step(optimizer, scheduler, trainable, config.max_grad_norm, step_loss, state.step)
+                    tps = _count_step(state, micro_batches, step_loss, time.monotonic() - started, scheduler, log)
                     last = state.step >= plan.total_steps
                     if validation and (state.step % config.eval_every == 0 or last):
-                        if validate_and_select():
-                            state.bad_evals = 0
-                        else:
-                            state.bad_evals += 1
-                            if config.early_stopping_patience and state.bad_evals >= config.early_stopping_patience:
-                                state.stopped_early = True
-                    progress.update(
-                        task,
-                        completed=state.step,
-                        loss=_fmt(step_loss),
-                        val=_fmt(state.val_loss[-1][1] if state.val_loss else None),
-                        calls=_fmt(state.val_calls[-1][1]["call_score"] if state.val_calls else None),
-                        tps=f"{tps:.0f}",
-                    )
-                    if config.max_minutes and state.seconds >= config.max_minutes * 60 and not last:
+                        _early_stopping(state, validate_and_select(), config.early_stopping_patience)
+                    progress.update(task, completed=state.step, **_progress_fields(state, step_loss, tps))
+                    spent = bool(config.max_minutes) and state.seconds >= config.max_minutes * 60 and not last
+                    if spent:
                         state.stopped_early = True  # the time budget is spent: the best adapter so far ships
                         if validation and (not state.val_loss or state.val_loss[-1][0] != state.step):
                             validate_and_select()
@@ -279,33 +216,133 @@ def train_loop(
                         save_checkpoint(checkpoints, model, optimizer, scheduler, state)
                     committing, step_rng = False, None
                     if state.stopped_early:
-                        what = "validation loss" if config.select_by == "loss" else "the held-out call score"
-                        console.print(
-                            f"[yellow]Early stop[/] at step {state.step}: {what} has not improved for "
-                            f"{state.bad_evals} evaluations (best at step {state.best_step})."
-                        )
+                        _say_stopped(console, state, config, spent)
                         break
     except KeyboardInterrupt:
-        if committing:
-            last = latest_checkpoint(checkpoints)
-            where = f"{last} (step {last.name.removeprefix('step-').lstrip('0') or 0})" if last else "none yet"
-            raise DmforgeError(
-                f"Stopped at once during step {state.step + 1}. The last complete checkpoint is {where}; run the "
-                "same command again to resume exactly from it.",
-                exit_code=130,
-            ) from None
-        # Before a step is applied the weights and optimizer are those of the last step; the random state
-        # is rewound to the step's start, so the resumed run draws the same dropout and noise.
-        saved = save_checkpoint(checkpoints, model, optimizer, scheduler, state, rng=step_rng)
-        raise DmforgeError(
-            f"Interrupted at step {state.step}. The checkpoint is in {saved}; run the same command again "
-            "to resume exactly where it stopped.",
-            exit_code=130,
-        ) from None
+        _interrupted(checkpoints, model, optimizer, scheduler, state, committing, step_rng)
     finally:
         if noise is not None:
             noise.remove()
     return state
+
+
+def _start(model, config: TrainConfig, plan: Plan, checkpoints: Path, console: Console, accelerator):
+    """The optimizer and schedule for the planned steps, and the state to go on from (the latest checkpoint's)."""
+    optimizer, scheduler = make_optimizer(model, config, plan.total_steps)
+    if accelerator is not None:
+        model, optimizer = accelerator.prepare(model, optimizer)
+    state = LoopState()
+    resume = latest_checkpoint(checkpoints)
+    if resume is not None:
+        state = load_checkpoint(resume, model, optimizer, scheduler)
+        console.print(f"[cyan]Resuming[/] from {resume.name} (step {state.step} of {plan.total_steps}).")
+    return model, optimizer, scheduler, state
+
+
+def _forward_backward(model, micro_batches, pad_id: int, weights, device: str, accelerator, cache) -> float:
+    """Forward and backward over one optimizer step's micro-batches (this process's share); the step's loss.
+
+    Each micro-batch's loss sum is divided by the whole step's weight (over all processes), which makes the
+    accumulated gradient an exact per-token mean whichever micro-batch a token landed in.
+    """
+    rank, world = (accelerator.process_index, accelerator.num_processes) if accelerator else (0, 1)
+    tensors_list = [collate(b, pad_id, weights) for b in micro_batches]
+    step_weight = sum(float(t["weights"].sum()) for t in tensors_list)
+    step_loss = 0.0
+    mine = tensors_list[rank::world]
+    for i, (batch, members) in enumerate(zip(mine, micro_batches[rank::world], strict=True)):
+        loss_sum, _ = _step_loss(model, _to(batch, device), world > 1, cache, members)
+        loss = loss_sum / max(step_weight, 1.0)
+        if accelerator is not None:
+            sync = i == len(mine) - 1
+            with accelerator.no_sync(model) if not sync and world > 1 else nullcontext():
+                accelerator.backward(loss)
+        else:
+            loss.backward()
+        step_loss += loss.item()
+    if accelerator is not None and world > 1:
+        step_loss = float(accelerator.reduce(torch.tensor(step_loss, device=device), reduction="sum"))
+    return step_loss
+
+
+def _apply_step(optimizer, scheduler, trainable, max_grad_norm: float, step_loss: float, step: int) -> None:
+    torch.nn.utils.clip_grad_norm_(trainable, max_grad_norm)
+    optimizer.step()
+    scheduler.step()
+    optimizer.zero_grad(set_to_none=True)
+    if not math.isfinite(step_loss):
+        raise DmforgeError(
+            f"The training loss became {step_loss} at step {step + 1}. Lower the learning rate "
+            "(train.learning_rate) or use dtype: float32, then run again with a new --run-dir."
+        )
+
+
+def _count_step(state: LoopState, micro_batches, step_loss: float, elapsed: float, scheduler, log) -> float:
+    """Advance the counters by one applied step and log it; the step's tokens per second."""
+    state.step += 1
+    state.tokens += sum(s.trained_tokens for b in micro_batches for s in b)
+    state.seconds += elapsed
+    state.train_loss.append((state.step, step_loss))
+    tps = sum(len(s.input_ids) for b in micro_batches for s in b) / max(elapsed, 1e-9)
+    if log:
+        lr = scheduler.get_last_lr()[0]
+        log({"step": state.step, "loss": step_loss, "lr": lr, "tok_s": tps, "seconds": elapsed})
+    return tps
+
+
+def _say_stopped(console: Console, state: LoopState, config: TrainConfig, budget_spent: bool) -> None:
+    if budget_spent:
+        console.print(
+            f"[yellow]Time budget spent[/] ({config.max_minutes:g} min of training) at step {state.step}; "
+            f"the best adapter so far (step {state.best_step}) ships."
+        )
+        return
+    what = "validation loss" if config.select_by == "loss" else "the held-out call score"
+    console.print(
+        f"[yellow]Early stop[/] at step {state.step}: {what} has not improved for "
+        f"{state.bad_evals} evaluations (best at step {state.best_step})."
+    )
+
+
+def _early_stopping(state: LoopState, improved: bool, patience: int) -> None:
+    if improved:
+        state.bad_evals = 0
+        return
+    state.bad_evals += 1
+    if patience and state.bad_evals >= patience:
+        state.stopped_early = True
+
+
+def _progress_fields(state: LoopState, loss: float | None = None, tps: float | None = None) -> dict:
+    """The progress bar's columns: the last training loss, validation loss, call score and speed."""
+    if loss is None and state.train_loss:
+        loss = state.train_loss[-1][1]
+    return {
+        "loss": _fmt(loss),
+        "val": _fmt(state.val_loss[-1][1] if state.val_loss else None),
+        "calls": _fmt(state.val_calls[-1][1]["call_score"] if state.val_calls else None),
+        "tps": "-" if tps is None else f"{tps:.0f}",
+    }
+
+
+def _interrupted(checkpoints: Path, model, optimizer, scheduler, state: LoopState, committing: bool, step_rng):
+    """Ctrl-C: save what can be resumed exactly, and say how; raises the DmforgeError that ends the run."""
+    if committing:
+        last = latest_checkpoint(checkpoints)
+        where = f"{last} (step {last.name.removeprefix('step-').lstrip('0') or 0})" if last else "none yet"
+        raise DmforgeError(
+            f"Stopped at once during step {state.step + 1}. The last complete checkpoint is {where}; run the "
+            "same command again to resume exactly from it.",
+            exit_code=130,
+        ) from None
+    # Before a step is applied the weights and optimizer are those of the last step; the random state
+    # is rewound to the step's start, so the resumed run draws the same dropout and noise.
+    saved = save_checkpoint(checkpoints, model, optimizer, scheduler, state, rng=step_rng)
+    raise DmforgeError(
+        f"Interrupted at step {state.step}. The checkpoint is in {saved}; run the same command again "
+        "to resume exactly where it stopped.",
+        exit_code=130,
+    ) from None
 
 
 def _save_best(path: Path, model) -> None:
