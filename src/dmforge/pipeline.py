@@ -202,140 +202,26 @@ def _deployed_set(config: DmforgeConfig, run_dir: Path) -> switch.KeptSet | None
 def run_pipeline(
     config: DmforgeConfig, registry: Registry, console: Console, from_scratch: bool = False
 ) -> PipelineResult:
-    from dmforge.evaluation.run import evaluate_run, run_playtest
-    from dmforge.export.run import export_run
-    from dmforge.training.finetune import finetune
-
+    """The nine stages, each announced, timed and, when its output is already there, reused."""
     progress = _Progress(console)
-    data = config.data
-
-    progress.announce("check", f"reading scenarios in {escape(str(data.scenarios))}")
-    with _stage_failures(progress, None):
-        checked = check_paths([data.scenarios], registry, data.max_file_bytes)
-    if checked.errors:
-        raise DmforgeError(
-            f"Stage `check` failed: the scenarios have {checked.errors} error(s). "
-            f"Run `dmforge data check {data.scenarios}` to see each one with its file, line and fix, "
-            "then run ./train.sh again."
-        )
-    progress.ok(
-        f"{len(checked.scenarios)} scenarios, {checked.dm_turns} DM turns, {checked.tool_calls} tool calls, "
-        f"{checked.warnings} warnings"
-    )
-    corpus = corpus_fingerprint(checked.scenarios, data)
+    checked = _check_stage(progress, config, registry)
+    corpus = corpus_fingerprint(checked.scenarios, config.data)
     from dmforge.training.finetune import run_identity
 
     plan = plan_run(
         config.train.runs_root, run_identity(config, corpus)["config"], scenario_hashes(checked.scenarios), from_scratch
     )
-    lineage = plan.lineage
     progress.ok(f"training: {escape(plan.reason)}")
-    run_dir = pick_run_dir(config, corpus, lineage)
+    run_dir = pick_run_dir(config, corpus, plan.lineage)
     config.train.run_dir = run_dir
-    logs = run_dir / "logs"
 
-    with hold_run_folder(run_dir, data.scenarios, console), _stage_failures(progress, logs):
-        if _trained(run_dir, config, corpus, lineage):
-            metrics = json.loads((run_dir / "metrics.json").read_text())
-            for stage in ("build", "preflight", "train"):
-                progress.announce(stage, f"in {escape(str(run_dir))}")
-                progress.done_already("this run folder trained on the same scenarios and options")
-        else:
-            metrics = finetune(config, registry, console, announce=progress.announce, lineage=lineage).metrics
-        progress.ok(
-            f"{metrics['steps']} steps; validation loss {_num(metrics['final_val_loss'])} "
-            f"(best {_num(metrics['best_val_loss'])} at step {metrics['best_step']})"
-        )
-
-        export = _exported(run_dir, config)
-        if export:
-            progress.announce("export", "GGUF F16 and every quantization that fits the model")
-            progress.done_already(f"the files in {escape(str(run_dir / 'gguf'))} come from this model")
-            progress.announce("verify", "every file in llama.cpp")
-            progress.done_already("export.json records every check passed")
-        else:
-            export = export_run(
-                run_dir,
-                config.export.quants,
-                config.export.max_size_gb,
-                console,
-                announce=progress.announce,
-                adapter=config.deploy.mode == "adapter",
-            )
-            if not export.passed:
-                raise DmforgeError(
-                    "a GGUF file failed verification in llama.cpp: " + "; ".join(export.failed()) + f". The files "
-                    f"and the full report are in {run_dir / 'gguf'}; the app would misbehave with them, so nothing "
-                    "was deployed."
-                )
-        for warning in export.warnings:
-            console.print(f"  [yellow]note:[/] {escape(warning)}", soft_wrap=True)
-        progress.ok(f"every check passed for {', '.join(export.files)}")
-
-        turns = config.eval.max_turns or "every"
-        progress.announce("evaluate", f"{turns} held-out DM turn(s) per file, through llama.cpp as the app runs it")
+    with hold_run_folder(run_dir, config.data.scenarios, console), _stage_failures(progress, run_dir / "logs"):
+        _train_stage(progress, config, registry, console, run_dir, corpus, plan.lineage)
+        export = _export_stage(progress, config, console, run_dir)
         deployed_set = _deployed_set(config, run_dir)
-        compare = {}
-        if deployed_set is not None and deployed_set.record.get("base") == _base_spec(run_dir):
-            # Scored on these very turns, so the gate compares like with like (a recorded figure may be older).
-            compare[_deployed_column(deployed_set)] = deployed_set.folder / switch.MODEL_NAME
-        report = evaluate_run(
-            run_dir,
-            config,
-            registry,
-            console,
-            max_turns=config.eval.max_turns,
-            reuse=True,
-            compare=compare,
-        )
-        choice = shipped(export, report, forced_quant(config))
-        if set(report.reused) >= set(report.models):
-            progress.done_already("every column was scored on these turns before")
-        progress.ok(
-            f"{_compare(report, 'base', 'F16')}; ships {choice.quant} "
-            f"({choice.path.stat().st_size / 2**20:.0f} MB), {escape(choice.reason)}"
-        )
-        progress.announce("playtest", f"{escape(choice.path.name)} plays a scripted session, its calls executed")
-        play = run_playtest(run_dir, config, registry)
-        report.playtest = play
-        if play["reused"]:
-            progress.done_already("the playtest was played with this file and these settings")
-        progress.ok(
-            f"{play['dm_replies']} DM replies, {play['calls']} tool calls ({play['valid_calls']} executed), "
-            f"{play['loops']} loops, {play['windowed_replies']} written with the context window in use; "
-            f"{escape(str(run_dir / 'eval' / 'playtest.md'))}"
-        )
-
-        deployed = None
-        verdict = None
-        version = register(config.train.runs_root, run_dir, forced_quant(config), shipped_column(report, config))
-        app = config.deploy.app
-        progress.announce("deploy", f"into {escape(str(app))}" if app else "registering the version")
-        progress.ok(
-            f"version {version.id} ({version.kind}"
-            + (f" from {version.parent}" if version.parent else "")
-            + f") in {escape(str(config.train.runs_root / 'versions.json'))}"
-        )
-        if app:
-            from dmforge.deploy.app import deploy
-
-            if deployed_set is not None:
-                old = report.models.get(_deployed_column(deployed_set)) or deployed_set.record.get("metrics") or {}
-                verdict = judge(
-                    report.models[shipped_column(report, config)],
-                    old,
-                    list(config.deploy.gate_metrics),
-                    config.deploy.gate_tolerance,
-                    deployed_set.version or deployed_set.name,
-                )
-            if verdict is None or verdict.passed:
-                done = deploy(run_dir, app, config, registry)
-                deployed = done.values | {"path": str(done.model), "config_ts": str(done.config_ts)}
-                progress.ok(f"{escape(str(done.model))}; config in {escape(str(done.config_ts))}")
-                if verdict is not None:
-                    console.print(f"  quality gate against {verdict.against}: passed\n{verdict.table()}")
-        else:
-            console.print("  not deployed: no app folder given (--app PATH, or deploy.app in the config)")
+        report, choice = _evaluate_stage(progress, config, registry, console, run_dir, export, deployed_set)
+        _playtest_stage(progress, config, registry, run_dir, report, choice)
+        version, deployed, verdict = _deploy_stage(progress, config, registry, console, run_dir, report, deployed_set)
         progress.finish()
 
     seconds = sum(progress.seconds.values())
@@ -357,8 +243,146 @@ def run_pipeline(
     )
     console.print(summary(result), soft_wrap=True)
     if verdict is not None and not verdict.passed:
-        raise DmforgeError(gate_refusal(verdict, version, app), exit_code=3)
+        raise DmforgeError(gate_refusal(verdict, version, config.deploy.app), exit_code=3)
     return result
+
+
+def _check_stage(progress: _Progress, config: DmforgeConfig, registry: Registry):
+    data = config.data
+    progress.announce("check", f"reading scenarios in {escape(str(data.scenarios))}")
+    with _stage_failures(progress, None):
+        checked = check_paths([data.scenarios], registry, data.max_file_bytes)
+    if checked.errors:
+        raise DmforgeError(
+            f"Stage `check` failed: the scenarios have {checked.errors} error(s). "
+            f"Run `dmforge data check {data.scenarios}` to see each one with its file, line and fix, "
+            "then run ./train.sh again."
+        )
+    progress.ok(
+        f"{len(checked.scenarios)} scenarios, {checked.dm_turns} DM turns, {checked.tool_calls} tool calls, "
+        f"{checked.warnings} warnings"
+    )
+    return checked
+
+
+def _train_stage(progress, config, registry, console, run_dir: Path, corpus: str, lineage: Lineage | None) -> None:
+    """build, preflight and train: done already when this folder trained on the same scenarios and options."""
+    from dmforge.training.finetune import finetune
+
+    if _trained(run_dir, config, corpus, lineage):
+        metrics = json.loads((run_dir / "metrics.json").read_text())
+        for stage in ("build", "preflight", "train"):
+            progress.announce(stage, f"in {escape(str(run_dir))}")
+            progress.done_already("this run folder trained on the same scenarios and options")
+    else:
+        metrics = finetune(config, registry, console, announce=progress.announce, lineage=lineage).metrics
+    progress.ok(
+        f"{metrics['steps']} steps; validation loss {_num(metrics['final_val_loss'])} "
+        f"(best {_num(metrics['best_val_loss'])} at step {metrics['best_step']})"
+    )
+
+
+def _export_stage(progress, config, console, run_dir: Path) -> ExportReport:
+    """export and verify: every GGUF file written and checked in llama.cpp, or refused."""
+    from dmforge.export.run import export_run
+
+    export = _exported(run_dir, config)
+    if export:
+        progress.announce("export", "GGUF F16 and every quantization that fits the model")
+        progress.done_already(f"the files in {escape(str(run_dir / 'gguf'))} come from this model")
+        progress.announce("verify", "every file in llama.cpp")
+        progress.done_already("export.json records every check passed")
+    else:
+        export = export_run(
+            run_dir,
+            config.export.quants,
+            config.export.max_size_gb,
+            console,
+            announce=progress.announce,
+            adapter=config.deploy.mode == "adapter",
+        )
+        if not export.passed:
+            raise DmforgeError(
+                "a GGUF file failed verification in llama.cpp: " + "; ".join(export.failed()) + f". The files "
+                f"and the full report are in {run_dir / 'gguf'}; the app would misbehave with them, so nothing "
+                "was deployed."
+            )
+    for warning in export.warnings:
+        console.print(f"  [yellow]note:[/] {escape(warning)}", soft_wrap=True)
+    progress.ok(f"every check passed for {', '.join(export.files)}")
+    return export
+
+
+def _evaluate_stage(progress, config, registry, console, run_dir: Path, export, deployed_set):
+    """evaluate: the columns through llama.cpp and the file that ships; (report, ship choice)."""
+    from dmforge.evaluation.run import evaluate_run
+
+    turns = config.eval.max_turns or "every"
+    progress.announce("evaluate", f"{turns} held-out DM turn(s) per file, through llama.cpp as the app runs it")
+    compare = {}
+    if deployed_set is not None and deployed_set.record.get("base") == _base_spec(run_dir):
+        # Scored on these very turns, so the gate compares like with like (a recorded figure may be older).
+        compare[_deployed_column(deployed_set)] = deployed_set.folder / switch.MODEL_NAME
+    report = evaluate_run(run_dir, config, registry, console, max_turns=config.eval.max_turns, compare=compare)
+    choice = shipped(export, report, forced_quant(config))
+    if set(report.reused) >= set(report.models):
+        progress.done_already("every column was scored on these turns before")
+    progress.ok(
+        f"{_compare(report, 'base', 'F16')}; ships {choice.quant} "
+        f"({choice.path.stat().st_size / 2**20:.0f} MB), {escape(choice.reason)}"
+    )
+    return report, choice
+
+
+def _playtest_stage(progress, config, registry, run_dir: Path, report: EvalReport, choice) -> None:
+    from dmforge.evaluation.run import run_playtest
+
+    progress.announce("playtest", f"{escape(choice.path.name)} plays a scripted session, its calls executed")
+    play = run_playtest(run_dir, config, registry)
+    report.playtest = play
+    if play["reused"]:
+        progress.done_already("the playtest was played with this file and these settings")
+    progress.ok(
+        f"{play['dm_replies']} DM replies, {play['calls']} tool calls ({play['valid_calls']} executed), "
+        f"{play['loops']} loops, {play['windowed_replies']} written with the context window in use; "
+        f"{escape(str(run_dir / 'eval' / 'playtest.md'))}"
+    )
+
+
+def _deploy_stage(progress, config, registry, console, run_dir: Path, report: EvalReport, deployed_set):
+    """deploy: register the version, and with an app folder put it there unless the gate keeps the old one.
+
+    Returns (version, what was deployed or None, the gate's verdict or None)."""
+    deployed = verdict = None
+    version = register(config.train.runs_root, run_dir, forced_quant(config), shipped_column(report, config))
+    app = config.deploy.app
+    progress.announce("deploy", f"into {escape(str(app))}" if app else "registering the version")
+    progress.ok(
+        f"version {version.id} ({version.kind}"
+        + (f" from {version.parent}" if version.parent else "")
+        + f") in {escape(str(config.train.runs_root / 'versions.json'))}"
+    )
+    if not app:
+        console.print("  not deployed: no app folder given (--app PATH, or deploy.app in the config)")
+        return version, None, None
+    from dmforge.deploy.app import deploy
+
+    if deployed_set is not None:
+        old = report.models.get(_deployed_column(deployed_set)) or deployed_set.record.get("metrics") or {}
+        verdict = judge(
+            report.models[shipped_column(report, config)],
+            old,
+            list(config.deploy.gate_metrics),
+            config.deploy.gate_tolerance,
+            deployed_set.version or deployed_set.name,
+        )
+    if verdict is None or verdict.passed:
+        done = deploy(run_dir, app, config, registry)
+        deployed = done.values | {"path": str(done.model), "config_ts": str(done.config_ts)}
+        progress.ok(f"{escape(str(done.model))}; config in {escape(str(done.config_ts))}")
+        if verdict is not None:
+            console.print(f"  quality gate against {verdict.against}: passed\n{verdict.table()}")
+    return version, deployed, verdict
 
 
 def _base_spec(run_dir: Path) -> str:

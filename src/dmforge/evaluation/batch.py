@@ -63,48 +63,86 @@ def batch_replies(
     `conversations[c][t]` is the message list (system first) before the t-th scored turn of
     conversation c; each usually extends the one before, which is what the KV cache reuses.
     """
-    import llama_cpp as lc
+    decoder = _Decoder(runtime, conversations, decode, grammar, parallel or parallel_for(runtime), on_reply)
+    try:
+        decoder.run()
+    finally:
+        decoder.close()
+    return [[r for r in conversation if r is not None] for conversation in decoder.results]
 
-    parallel = parallel or parallel_for(runtime)
-    params = lc.llama_context_default_params()
-    params.n_ctx = runtime.n_ctx * parallel
-    params.n_batch = params.n_ubatch = CHUNK
-    params.n_seq_max = parallel
-    params.n_threads = params.n_threads_batch = physical_cores()
-    params.defrag_thold = 0.1  # sequences of different lengths come and go: keep free cells together
-    ctx = lc.llama_init_from_model(runtime.llm.model, params)
-    if not ctx:
-        raise DmforgeError(f"llama.cpp could not make a context of {params.n_ctx} tokens for {runtime.path.name}.")
-    adapter = getattr(runtime.llm, "_lora_adapter", None)
-    if adapter:  # an adapter is set per context: this one must see it as the runtime's own does
-        lc.llama_set_adapter_lora(ctx, adapter, runtime.llm.lora_scale)
-    batch = lc.llama_batch_init(max(CHUNK, parallel), 0, 1)
-    results: list[list[Reply | None]] = [[None] * len(c) for c in conversations]
-    queue = deque(i for i, c in enumerate(conversations) if c)
-    slots = [_Slot(seq) for seq in range(parallel)]
 
-    def submit(entries: list[tuple[int, int, int, bool]]) -> None:
+class _Decoder:
+    """One llama.cpp context with a sequence per slot, stepping every slot's reply one token at a time."""
+
+    def __init__(self, runtime: Runtime, conversations, decode: DecodeConfig, grammar, parallel: int, on_reply):
+        import llama_cpp as lc
+
+        self.lc, self.runtime, self.conversations = lc, runtime, conversations
+        self.decode, self.grammar, self.on_reply = decode, grammar, on_reply
+        params = lc.llama_context_default_params()
+        params.n_ctx = runtime.n_ctx * parallel
+        params.n_batch = params.n_ubatch = CHUNK
+        params.n_seq_max = parallel
+        params.n_threads = params.n_threads_batch = physical_cores()
+        params.defrag_thold = 0.1  # sequences of different lengths come and go: keep free cells together
+        self.cells, self.parallel = params.n_ctx, parallel
+        self.ctx = lc.llama_init_from_model(runtime.llm.model, params)
+        if not self.ctx:
+            raise DmforgeError(f"llama.cpp could not make a context of {params.n_ctx} tokens for {runtime.path.name}.")
+        adapter = getattr(runtime.llm, "_lora_adapter", None)
+        if adapter:  # an adapter is set per context: this one must see it as the runtime's own does
+            lc.llama_set_adapter_lora(self.ctx, adapter, runtime.llm.lora_scale)
+        self.batch = lc.llama_batch_init(max(CHUNK, parallel), 0, 1)
+        self.results: list[list[Reply | None]] = [[None] * len(c) for c in conversations]
+        self.queue = deque(i for i, c in enumerate(conversations) if c)
+        self.slots = [_Slot(seq) for seq in range(parallel)]
+
+    def run(self) -> None:
+        while True:
+            for slot in self.slots:
+                while slot.idle and self._has_work(slot):
+                    self._start(slot)
+            active = [s for s in self.slots if s.pending is not None]
+            if not active:
+                return
+            self._submit([(s.pending, len(s.kv), s.seq, True) for s in active])
+            for s in active:
+                s.kv.append(s.pending)
+                s.pending = None
+            for index, s in enumerate(active):
+                self._sample(s, index)
+
+    def close(self) -> None:
+        for slot in self.slots:
+            if slot.chain is not None:
+                slot.chain.free()
+        self.lc.llama_batch_free(self.batch)
+        self.lc.llama_free(self.ctx)
+
+    def _submit(self, entries: list[tuple[int, int, int, bool]]) -> None:
+        lc, batch = self.lc, self.batch
         for i, (token, pos, seq, logits) in enumerate(entries):
             batch.token[i], batch.pos[i], batch.n_seq_id[i] = token, pos, 1
             batch.seq_id[i][0], batch.logits[i] = seq, logits
         batch.n_tokens = len(entries)
-        code = lc.llama_decode(ctx, batch)
+        code = lc.llama_decode(self.ctx, batch)
         if code == 1:
             # No contiguous run of free cells: sequences of different lengths have scattered the free
             # ones, and llama.cpp places a batch only in a contiguous run. Compact the cache, then retry.
-            lc.llama_kv_self_defrag(ctx)
-            lc.llama_kv_self_update(ctx)
-            code = lc.llama_decode(ctx, batch)
+            lc.llama_kv_self_defrag(self.ctx)
+            lc.llama_kv_self_update(self.ctx)
+            code = lc.llama_decode(self.ctx, batch)
         if code != 0:
             raise DmforgeError(
-                f"llama.cpp could not decode a batch of {len(entries)} tokens in {runtime.path.name} "
-                f"(code {code}, KV cache of {params.n_ctx} cells for {parallel} sequences)."
+                f"llama.cpp could not decode a batch of {len(entries)} tokens in {self.runtime.path.name} "
+                f"(code {code}, KV cache of {self.cells} cells for {self.parallel} sequences)."
             )
 
-    def sample(slot: _Slot, index: int) -> None:
-        token = slot.chain.sample(ctx, index)
+    def _sample(self, slot: _Slot, index: int) -> None:
+        runtime = self.runtime
+        token = slot.chain.sample(self.ctx, index)
         stop = None
-        if lc.llama_vocab_is_eog(runtime.vocab, token):
+        if self.lc.llama_vocab_is_eog(runtime.vocab, token):
             stop = "end"
         else:
             slot.out.append(token)
@@ -115,25 +153,26 @@ def batch_replies(
         if stop is None:
             slot.pending = token
             return
-        results[slot.conversation][slot.turn] = Reply(runtime._text(slot.out).strip(), len(slot.out), stop)
-        if on_reply:
-            on_reply()
+        self.results[slot.conversation][slot.turn] = Reply(runtime._text(slot.out).strip(), len(slot.out), stop)
+        if self.on_reply:
+            self.on_reply()
         slot.chain.free()
         slot.chain, slot.pending, slot.idle = None, None, True
         slot.turn += 1
 
-    def has_work(slot: _Slot) -> bool:
-        return bool(queue) or (slot.conversation >= 0 and slot.turn < len(conversations[slot.conversation]))
+    def _has_work(self, slot: _Slot) -> bool:
+        return bool(self.queue) or (slot.conversation >= 0 and slot.turn < len(self.conversations[slot.conversation]))
 
-    def start(slot: _Slot) -> None:
+    def _start(self, slot: _Slot) -> None:
         """Load the slot's next prompt (or the next conversation's first) and sample its first token.
 
         Called only between steps: loading a prompt overwrites the logits a step left for the others.
         """
-        if slot.conversation < 0 or slot.turn >= len(conversations[slot.conversation]):
-            slot.conversation, slot.turn = queue.popleft(), 0
+        runtime = self.runtime
+        if slot.conversation < 0 or slot.turn >= len(self.conversations[slot.conversation]):
+            slot.conversation, slot.turn = self.queue.popleft(), 0
         slot.idle = False
-        ids = runtime.prompt_ids(conversations[slot.conversation][slot.turn])
+        ids = runtime.prompt_ids(self.conversations[slot.conversation][slot.turn])
         if len(ids) >= runtime.n_ctx:
             raise DmforgeError(f"A prompt of {len(ids)} tokens does not fit the context of {runtime.n_ctx}.")
         keep = 0
@@ -141,35 +180,13 @@ def batch_replies(
             if a != b:
                 break
             keep += 1
-        lc.llama_kv_cache_seq_rm(ctx, slot.seq, keep, -1)
+        self.lc.llama_kv_cache_seq_rm(self.ctx, slot.seq, keep, -1)
         todo = ids[keep:]
         for begin in range(0, len(todo), CHUNK):
             piece = todo[begin : begin + CHUNK]
             last = begin + len(piece) == len(todo)
-            submit([(t, keep + begin + i, slot.seq, last and i == len(piece) - 1) for i, t in enumerate(piece)])
+            self._submit([(t, keep + begin + i, slot.seq, last and i == len(piece) - 1) for i, t in enumerate(piece)])
         slot.kv = list(ids)
-        slot.chain = runtime.sampler(decode, grammar, ids)
-        slot.out, slot.limit = [], min(decode.n_predict, runtime.n_ctx - len(ids) - 1)
-        sample(slot, len(todo) - 1 - (len(todo) - 1) // CHUNK * CHUNK)
-
-    try:
-        while True:
-            for slot in slots:
-                while slot.idle and has_work(slot):
-                    start(slot)
-            active = [s for s in slots if s.pending is not None]
-            if not active:
-                break
-            submit([(s.pending, len(s.kv), s.seq, True) for s in active])
-            for s in active:
-                s.kv.append(s.pending)
-                s.pending = None
-            for index, s in enumerate(active):
-                sample(s, index)
-    finally:
-        for slot in slots:
-            if slot.chain is not None:
-                slot.chain.free()
-        lc.llama_batch_free(batch)
-        lc.llama_free(ctx)
-    return [[r for r in conversation if r is not None] for conversation in results]
+        slot.chain = runtime.sampler(self.decode, self.grammar, ids)
+        slot.out, slot.limit = [], min(self.decode.n_predict, runtime.n_ctx - len(ids) - 1)
+        self._sample(slot, len(todo) - 1 - (len(todo) - 1) // CHUNK * CHUNK)

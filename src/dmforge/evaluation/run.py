@@ -155,13 +155,8 @@ def evaluate_run(
     the run's validation report, the file that ships and what the gate compares against stay as they
     were, so only the base, F16 and the file the run ships (when it was evaluated) are scored.
     """
-    from dmforge.export.convert import base_gguf
-
     setup = load_setup(run_dir, config, registry, scenarios, max_turns)
-    run_dir, manifest, export, turns, samples = setup.run_dir, setup.manifest, setup.export, setup.turns, setup.samples
-    n_ctx, source, decode = setup.n_ctx, setup.source, config.decode
-    grammar = registry_grammar(registry, lazy=decode.grammar == "lazy")
-    files = setup.files
+    run_dir, turns, n_ctx, decode = setup.run_dir, setup.turns, setup.n_ctx, config.decode
     validation = scenarios is None
     out = out or (run_dir / "eval" if validation else run_dir / f"eval-{_folder_name(scenarios)}")
     if validation and out != run_dir / "eval":
@@ -169,56 +164,14 @@ def evaluate_run(
     columns: dict[str, dict] = {}
     reused: list[str] = []
     progress = _progress(console)
-
-    def run(column: Column, perplexity: bool = True) -> dict:
-        key = column.key(turns, source, n_ctx)
-        store = out / "models" / f"{column.name.replace(' ', '-')}.json"
-        result = cached(store, key, column.path) if reuse else None
-        if result is None and column.model == "base":  # the base's columns are shared by every run of it
-            result = cached(_base_cache(column.path, key), key, column.path) if reuse else None
-            if result is not None:
-                write_json(store, result)
-        if result is not None:
-            reused.append(column.name)
-        else:
-            task = progress.add_task(f"{column.name} ({column.label})", total=len(turns))
-            result = score_column(
-                column, turns, registry, n_ctx, samples if perplexity else [], on_reply=lambda: progress.advance(task)
-            )
-            result = save_column(store, key, result)
-            if column.model == "base":
-                write_json(_base_cache(column.path, key), result)
-        columns[column.name] = result
-        return result
-
+    run = _column_runner(setup, registry, out, reuse, progress, columns, reused)
     with progress:
-        run(Column("base", "base", base_gguf(Path(manifest.base.path)), decode, grammar))
-        f16 = run(Column("F16", "F16", files["F16"], decode, grammar))
-        if config.deploy.mode == "adapter" and export.adapter is not None:
-            # What the app runs in adapter mode: the base's F16 GGUF with the LoRA GGUF applied at load.
-            base, lora = Path(export.adapter.base_file), Path(export.adapter.file)
-            run(Column(ADAPTER_COLUMN, "adapter", base, decode, grammar, adapter=lora))
-        if validation:
-            ship = _choose_and_score_quants(run, files, f16["metrics"], decode, grammar, config, export)
-        else:  # the run's own choice stands: these scenarios score it, they do not re-decide it
-            ship = _existing_ship(run_dir)
-            if ship.quant != "F16" and ship.quant in files:
-                run(Column(ship.quant, ship.quant, files[ship.quant], decode, grammar))
-        shipped_name = ship.quant if ship.quant in columns else "F16"
-        free = Column(f"{shipped_name} no grammar", shipped_name, files[shipped_name], decode, None)
-        diagnostics = config.eval.diagnostics
-        if diagnostics and decode.grammar != "off" and free.label != "greedy":  # the grammar's own effect
-            run(free, False)["metrics"]["perplexity"] = columns[shipped_name]["metrics"]["perplexity"]
-        if diagnostics:
-            greedy = run(Column(f"{shipped_name} greedy", shipped_name, files[shipped_name], GREEDY, None), False)
-            greedy["metrics"]["perplexity"] = columns[shipped_name]["metrics"]["perplexity"]
-        for name, path in (compare or {}).items():
-            run(Column(name, name, path, decode, grammar), False)
+        ship = _score_columns(run, columns, setup, config, registry, validation, compare or {})
 
     report = EvalReport(
-        title=f"{manifest.base.spec} → {run_dir.name}",
+        title=f"{setup.manifest.base.spec} → {run_dir.name}",
         run_dir=str(run_dir),
-        source=source,
+        source=setup.source,
         turns=len(turns),
         windowed_turns=sum(t.windowed for t in turns),
         n_ctx=n_ctx,
@@ -245,6 +198,67 @@ def evaluate_run(
         write_json(out / "report.json", report.model_dump(mode="json"))
     write_reports(out, report.model_dump(mode="json"))
     return report
+
+
+def _column_runner(setup: EvalSetup, registry, out: Path, reuse: bool, progress, columns: dict, reused: list):
+    """`run(column, perplexity=True)`: a column's result, from its cache when its key holds, else scored.
+
+    The base's columns are also cached outside the run (every run of the same base shares them)."""
+    turns, source, n_ctx, samples = setup.turns, setup.source, setup.n_ctx, setup.samples
+
+    def run(column: Column, perplexity: bool = True) -> dict:
+        key = column.key(turns, source, n_ctx)
+        store = out / "models" / f"{column.name.replace(' ', '-')}.json"
+        result = cached(store, key, column.path) if reuse else None
+        if result is None and column.model == "base":
+            result = cached(_base_cache(column.path, key), key, column.path) if reuse else None
+            if result is not None:
+                write_json(store, result)
+        if result is not None:
+            reused.append(column.name)
+        else:
+            task = progress.add_task(f"{column.name} ({column.label})", total=len(turns))
+            result = score_column(
+                column, turns, registry, n_ctx, samples if perplexity else [], on_reply=lambda: progress.advance(task)
+            )
+            result = save_column(store, key, result)
+            if column.model == "base":
+                write_json(_base_cache(column.path, key), result)
+        columns[column.name] = result
+        return result
+
+    return run
+
+
+def _score_columns(run, columns: dict, setup: EvalSetup, config: DmforgeConfig, registry, validation, compare):
+    """The base, F16, the adapter and quantized files as the ship rule needs them, and the diagnostics; the ship
+    record (the run's own when these are other scenarios)."""
+    from dmforge.export.convert import base_gguf
+
+    decode, files, export = config.decode, setup.files, setup.export
+    grammar = registry_grammar(registry, lazy=decode.grammar == "lazy")
+    run(Column("base", "base", base_gguf(Path(setup.manifest.base.path)), decode, grammar))
+    f16 = run(Column("F16", "F16", files["F16"], decode, grammar))
+    if config.deploy.mode == "adapter" and export.adapter is not None:
+        # What the app runs in adapter mode: the base's F16 GGUF with the LoRA GGUF applied at load.
+        base, lora = Path(export.adapter.base_file), Path(export.adapter.file)
+        run(Column(ADAPTER_COLUMN, "adapter", base, decode, grammar, adapter=lora))
+    if validation:
+        ship = _choose_and_score_quants(run, files, f16["metrics"], decode, grammar, config, export)
+    else:  # the run's own choice stands: these scenarios score it, they do not re-decide it
+        ship = _existing_ship(setup.run_dir)
+        if ship.quant != "F16" and ship.quant in files:
+            run(Column(ship.quant, ship.quant, files[ship.quant], decode, grammar))
+    if config.eval.diagnostics:
+        name = ship.quant if ship.quant in columns else "F16"
+        perplexity = columns[name]["metrics"]["perplexity"]
+        free = Column(f"{name} no grammar", name, files[name], decode, None)
+        if decode.grammar != "off" and free.label != "greedy":  # the grammar's own effect, samplers unchanged
+            run(free, False)["metrics"]["perplexity"] = perplexity
+        run(Column(f"{name} greedy", name, files[name], GREEDY, None), False)["metrics"]["perplexity"] = perplexity
+    for name, path in compare.items():
+        run(Column(name, name, path, decode, grammar), False)
+    return ship
 
 
 def _folder_name(scenarios: Path) -> str:

@@ -55,8 +55,7 @@ def export_run(
     adapter: bool = False,
 ) -> ExportReport:
     """Convert, quantize and verify. `announce(stage, detail)` marks where export and verify start."""
-    import torch
-    from transformers import AutoModelForCausalLM, AutoTokenizer
+    from transformers import AutoTokenizer
 
     merged = run_dir / "merged"
     if not (merged / "config.json").is_file() or not manifest_path(run_dir).is_file():
@@ -71,8 +70,6 @@ def export_run(
     manifest = read_manifest(run_dir)
     fmt = ChatFormat(**manifest.chat_format)
     tokenizer = AutoTokenizer.from_pretrained(merged)
-    out = run_dir / "gguf"
-    budget = int(max_size_gb * 2**30)
 
     def say(text: str) -> None:
         if console:
@@ -80,6 +77,48 @@ def export_run(
 
     if announce:
         announce("export", "GGUF with llama.cpp's converter (F16), then every type the model takes cleanly")
+    files, types = _write_files(merged, run_dir / "gguf", quants, say)
+    if announce:
+        announce("verify", "load each file in llama.cpp; architecture, rope, template, stop token, logits, size")
+    conversations = _probe_conversations(run_dir, fmt)
+    prompts = verify.probe_prompts(tokenizer, conversations)
+    checks, comparison, sample = _verify_files(
+        files, types, merged, tokenizer, fmt, conversations, prompts, say, int(max_size_gb * 2**30)
+    )
+    warnings = [
+        f"{row['quant']} does not fit this model: {row['fallback_tensors']} weight matrices have widths that are not "
+        f"a multiple of its block, so they fell back to other types (KL vs F16 {row.get('kl_vs_f16', 0):.3f}). "
+        "The evaluation measures every file and ships the smallest that keeps the model's behaviour."
+        for row in comparison
+        if row["fallback_share"] > 0.25
+    ]
+    adapter_export = None
+    if adapter and all(c["passed"] for c in checks):
+        say("converting the LoRA adapter to GGUF and checking base + adapter against the merged F16 file…")
+        adapter_export, check = _export_adapter(run_dir, Path(manifest.base.path), files["F16"], prompts)
+        checks.append(check)
+    report = ExportReport(
+        passed=all(c["passed"] for c in checks),
+        files={q: str(p) for q, p in files.items()},
+        # What was verified, byte for byte: deploy refuses a file that no longer matches.
+        sha256={q: sha256_file(p) for q, p in files.items()},
+        checks=checks,
+        quantizations=comparison,
+        warnings=warnings,
+        sample_reply=sample,
+        chat_format=manifest.chat_format,
+        max_seq_len=manifest.max_seq_len,
+        requested=list(quants),
+        types=list(types),
+        max_size_gb=max_size_gb,
+        adapter=adapter_export,
+    )
+    write_export(run_dir, report)
+    return report
+
+
+def _write_files(merged: Path, out: Path, quants: list[str], say) -> tuple[dict[str, Path], list[str]]:
+    """The F16 GGUF from llama.cpp's converter and its quantizations: (quant → file, the types written)."""
     say("converting the merged model to GGUF (F16) with llama.cpp's converter…")
     files = {"F16": convert_to_gguf(merged, out / gguf_name("F16"))}
     types = export_types(files["F16"], quants)
@@ -87,17 +126,19 @@ def export_run(
         if quant != "F16":
             say(f"quantizing to {quant}…")
             files[quant] = quantize(files["F16"], out / gguf_name(quant), quant)
+    return files, types
 
-    if announce:
-        announce("verify", "load each file in llama.cpp; architecture, rope, template, stop token, logits, size")
+
+def _verify_files(files, types, merged: Path, tokenizer, fmt: ChatFormat, conversations, prompts, say, budget: int):
+    """Load every file in llama.cpp and run its checks; (checks, the quantization comparison, a sample reply)."""
+    import torch
+    from transformers import AutoModelForCausalLM
+
     model = AutoModelForCausalLM.from_pretrained(merged, dtype=torch.float32).eval()
     config = verify.model_config(merged)
-    conversations = _probe_conversations(run_dir, fmt)
-    prompts = verify.probe_prompts(tokenizer, conversations)
     checks: list[dict] = []
     comparison: list[dict] = []
-    f16_llm = None
-    sample = None
+    f16_llm = sample = None
     for quant in types:
         path = files[quant]
         say(f"verifying {path.name} in llama.cpp…")
@@ -132,48 +173,22 @@ def export_run(
         comparison.append(row)
         if llm is not None and sample is None:
             sample = {"file": path.name, "reply": sample_reply(llm, conversations[0])}
+    return checks, comparison, sample
 
-    warnings = [
-        f"{row['quant']} does not fit this model: {row['fallback_tensors']} weight matrices have widths that are not "
-        f"a multiple of its block, so they fell back to other types (KL vs F16 {row.get('kl_vs_f16', 0):.3f}). "
-        "The evaluation measures every file and ships the smallest that keeps the model's behaviour."
-        for row in comparison
-        if row["fallback_share"] > 0.25
-    ]
-    adapter_export = None
-    if adapter and all(c["passed"] for c in checks):
-        from dmforge.export.adapter import export_adapter
 
-        say("converting the LoRA adapter to GGUF and checking base + adapter against the merged F16 file…")
-        adapter_export = export_adapter(run_dir, Path(manifest.base.path), files["F16"], prompts)
-        checks.append(
-            {
-                "file": Path(adapter_export.file).name,
-                "quant": "adapter",
-                "name": "adapter_matches_merged_model",
-                "passed": adapter_export.passed,
-                "figures": adapter_export.parity,
-                "reason": ""
-                if adapter_export.passed
-                else f"base + adapter predicts unlike the merged model (KL {adapter_export.parity['kl']:.2e})",
-            }
-        )
-    passed = all(c["passed"] for c in checks)
-    report = ExportReport(
-        passed=passed,
-        files={q: str(p) for q, p in files.items()},
-        # What was verified, byte for byte: deploy refuses a file that no longer matches.
-        sha256={q: sha256_file(p) for q, p in files.items()},
-        checks=checks,
-        quantizations=comparison,
-        warnings=warnings,
-        sample_reply=sample,
-        chat_format=manifest.chat_format,
-        max_seq_len=manifest.max_seq_len,
-        requested=list(quants),
-        types=list(types),
-        max_size_gb=max_size_gb,
-        adapter=adapter_export,
-    )
-    write_export(run_dir, report)
-    return report
+def _export_adapter(run_dir: Path, base: Path, f16: Path, prompts):
+    """The LoRA adapter as a GGUF, checked against the merged F16 file: (its record, its check row)."""
+    from dmforge.export.adapter import export_adapter
+
+    exported = export_adapter(run_dir, base, f16, prompts)
+    check = {
+        "file": Path(exported.file).name,
+        "quant": "adapter",
+        "name": "adapter_matches_merged_model",
+        "passed": exported.passed,
+        "figures": exported.parity,
+        "reason": ""
+        if exported.passed
+        else f"base + adapter predicts unlike the merged model (KL {exported.parity['kl']:.2e})",
+    }
+    return exported, check
