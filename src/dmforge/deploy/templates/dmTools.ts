@@ -895,5 +895,6 @@ export async function runDmTurn(
 // @dmforge-data registry: the registry as JSON, and the union of its tool names (`never` when it has none)
 export declare const dmToolRegistry: DmToolRegistry;
 
-export type DmToolName = string;
+// Literal names, as deploy writes them: were it `string`, `!isKnownTool(name)` would narrow a name to never.
+export type DmToolName = 'attack' | 'roll';
 // @dmforge-end
