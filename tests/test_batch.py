@@ -2,18 +2,19 @@
 
 At `n_ctx` 512 each sequence's prompt and reply fill most of its share of the cache, and as sequences
 of different lengths come and go the free cells end up scattered. llama.cpp places a batch only in a
-contiguous run of free cells, so a fragmented cache refuses a prompt chunk although enough cells are
-free; the evaluation must compact it and go on, not fail the run (a phone-sized context is exactly what
-a user sweeping `n_ctx` asks for).
+contiguous run of free cells, so a fragmented cache refuses a prompt chunk or a step's batch although
+enough cells are free; the evaluation must split the batch and go on, not fail the run nor compact the
+cache (llama.cpp's defrag aborts the process in the app's vintage). A phone-sized context is exactly
+what a user sweeping `n_ctx` asks for.
 """
 
 from __future__ import annotations
 
 from dmforge.config import DecodeConfig
+from dmforge.contract.chat import detect_chat_format
 from dmforge.evaluation.batch import batch_replies
 from dmforge.evaluation.runtime import Runtime
 from dmforge.evaluation.turns import by_conversation, eval_turns
-from dmforge.training.chat import detect_chat_format
 
 
 def test_a_small_context_shared_by_four_sequences_replies_to_every_turn(

@@ -84,7 +84,7 @@ class _Decoder:
         params.n_batch = params.n_ubatch = CHUNK
         params.n_seq_max = parallel
         params.n_threads = params.n_threads_batch = physical_cores()
-        params.defrag_thold = 0.1  # sequences of different lengths come and go: keep free cells together
+        params.defrag_thold = -1.0  # never compact: see `_submit`
         self.cells, self.parallel = params.n_ctx, parallel
         self.ctx = lc.llama_init_from_model(runtime.llm.model, params)
         if not self.ctx:
@@ -105,12 +105,27 @@ class _Decoder:
             active = [s for s in self.slots if s.pending is not None]
             if not active:
                 return
-            self._submit([(s.pending, len(s.kv), s.seq, True) for s in active])
-            for s in active:
-                s.kv.append(s.pending)
-                s.pending = None
-            for index, s in enumerate(active):
-                self._sample(s, index)
+            self._step(active)
+
+    def _step(self, active: list[_Slot]) -> None:
+        """Decode every active slot's pending token in one batch and sample each slot's next one.
+
+        A fragmented cache can refuse the batch (see `_submit`); then each half goes on its own, sampled
+        before the next half's decode overwrites the logits. One token always fits: every sequence
+        stays under `n_ctx` cells, so at least `parallel` cells are free.
+        """
+        if not self._submit([(s.pending, len(s.kv), s.seq, True) for s in active]):
+            half = len(active) // 2
+            if not half:
+                raise self._refused(1)
+            self._step(active[:half])
+            self._step(active[half:])
+            return
+        for s in active:
+            s.kv.append(s.pending)
+            s.pending = None
+        for index, s in enumerate(active):
+            self._sample(s, index)
 
     def close(self) -> None:
         for slot in self.slots:
@@ -119,24 +134,30 @@ class _Decoder:
         self.lc.llama_batch_free(self.batch)
         self.lc.llama_free(self.ctx)
 
-    def _submit(self, entries: list[tuple[int, int, int, bool]]) -> None:
+    def _submit(self, entries: list[tuple[int, int, int, bool]]) -> bool:
+        """Decode one batch of (token, position, sequence, wants logits); False when no cells are free for it.
+
+        llama.cpp places a batch only in a contiguous run of free cells, and sequences of different
+        lengths coming and going scatter the free ones. Its own remedy, compacting the cache (defrag),
+        aborts the process in the llama.cpp of the app's vintage (a failed assertion in the graph it
+        reserves afterwards), so callers split the batch instead: smaller pieces fit between the gaps.
+        Every batch is at most one micro-batch, so a refused one has changed nothing.
+        """
         lc, batch = self.lc, self.batch
         for i, (token, pos, seq, logits) in enumerate(entries):
             batch.token[i], batch.pos[i], batch.n_seq_id[i] = token, pos, 1
             batch.seq_id[i][0], batch.logits[i] = seq, logits
         batch.n_tokens = len(entries)
         code = lc.llama_decode(self.ctx, batch)
-        if code == 1:
-            # No contiguous run of free cells: sequences of different lengths have scattered the free
-            # ones, and llama.cpp places a batch only in a contiguous run. Compact the cache, then retry.
-            lc.llama_kv_self_defrag(self.ctx)
-            lc.llama_kv_self_update(self.ctx)
-            code = lc.llama_decode(self.ctx, batch)
-        if code != 0:
-            raise DmforgeError(
-                f"llama.cpp could not decode a batch of {len(entries)} tokens in {self.runtime.path.name} "
-                f"(code {code}, KV cache of {self.cells} cells for {self.parallel} sequences)."
-            )
+        if code not in (0, 1):
+            raise self._refused(code, len(entries))
+        return code == 0
+
+    def _refused(self, code: int, tokens: int = 1) -> DmforgeError:
+        return DmforgeError(
+            f"llama.cpp could not decode a batch of {tokens} tokens in {self.runtime.path.name} "
+            f"(code {code}, KV cache of {self.cells} cells for {self.parallel} sequences)."
+        )
 
     def _sample(self, slot: _Slot, index: int) -> None:
         runtime = self.runtime
@@ -181,12 +202,22 @@ class _Decoder:
                 break
             keep += 1
         self.lc.llama_kv_cache_seq_rm(self.ctx, slot.seq, keep, -1)
-        todo = ids[keep:]
-        for begin in range(0, len(todo), CHUNK):
-            piece = todo[begin : begin + CHUNK]
-            last = begin + len(piece) == len(todo)
-            self._submit([(t, keep + begin + i, slot.seq, last and i == len(piece) - 1) for i, t in enumerate(piece)])
+        self._load(slot.seq, ids[keep:], keep)
         slot.kv = list(ids)
         slot.chain = runtime.sampler(self.decode, self.grammar, ids)
         slot.out, slot.limit = [], min(self.decode.n_predict, runtime.n_ctx - len(ids) - 1)
-        self._sample(slot, len(todo) - 1 - (len(todo) - 1) // CHUNK * CHUNK)
+        self._sample(slot, -1)
+
+    def _load(self, seq: int, todo: list[int], start: int) -> None:
+        """Decode a prompt's new tokens in chunks, halving the chunk while the cache refuses it."""
+        begin, size = 0, CHUNK
+        while begin < len(todo):
+            piece = todo[begin : begin + size]
+            last = begin + len(piece) == len(todo)
+            entries = [(t, start + begin + i, seq, last and i == len(piece) - 1) for i, t in enumerate(piece)]
+            if self._submit(entries):
+                begin += len(piece)
+            elif size > 1:
+                size //= 2
+            else:
+                raise self._refused(1)
