@@ -53,10 +53,10 @@ def prepare_samples(base: str, max_seq_len: int, count: int, out: Path, epochs: 
     from corpus import corpus_conversations
 
     from dmforge.config import load_config
+    from dmforge.contract.chat import build_samples, detect_chat_format
     from dmforge.models.load import load_tokenizer
     from dmforge.models.resolve import resolve_base
     from dmforge.training.batches import epoch_batches
-    from dmforge.training.chat import build_samples, detect_chat_format
 
     config = load_config(None, {"model": {"base": base}, "train": {"max_seq_len": max_seq_len}})
     resolved = resolve_base(base)
@@ -86,6 +86,7 @@ def _train_config(args, **extra):
     # One schedule for both arms: warm-up then cosine, dmforge's, over exactly the measured steps.
     return TrainConfig(
         max_steps=args.steps,
+        max_minutes=None,  # both arms run exactly --steps steps, whatever the device
         batch_size=1,
         grad_accum=args.batch,
         learning_rate=1e-3,
@@ -165,8 +166,8 @@ def run_dmforge(args, data: dict) -> dict:
     """dmforge's own loop, with the hardware choices `dmforge finetune` makes."""
     from rich.console import Console
 
+    from dmforge.contract.chat import Sample
     from dmforge.models.hardware import detect_hardware
-    from dmforge.training.chat import Sample
     from dmforge.training.frozen import frozen_cache
     from dmforge.training.loop import train_loop
     from dmforge.training.lora import lora_model

@@ -21,12 +21,12 @@ from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn, Ti
 from safetensors.torch import save_file
 
 from dmforge.config import TrainConfig
+from dmforge.contract.chat import Sample
 from dmforge.errors import DmforgeError
 from dmforge.files import fsync_file, partial_path
 from dmforge.interrupts import deferred
 from dmforge.training.batches import collate, epoch_batches
 from dmforge.training.batches import to_device as _to
-from dmforge.training.chat import Sample
 from dmforge.training.checkpoint import (
     LoopState,
     latest_checkpoint,
@@ -164,6 +164,8 @@ def train_loop(
     With a `cache`, the frozen lower layers run once per sample (training/frozen.py).
     """
     device = next(model.parameters()).device.type
+    # `max_minutes: auto` depends on the device; finetune resolves it, but the loop is also called directly.
+    config = config.model_copy(update={"max_minutes": config.budget_minutes(device)})
     plan = make_plan(train, config)
     checkpoints = run_dir / "checkpoints"
     best_path = run_dir / "best-adapter.safetensors"
