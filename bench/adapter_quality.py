@@ -28,6 +28,7 @@ def measure(run: Path, turns: int | None) -> dict:
     from rich.console import Console
 
     from dmforge.config import load_config
+    from dmforge.contract.chat import ChatFormat, template_messages
     from dmforge.evaluation.columns import Column, score_column
     from dmforge.evaluation.run import load_setup
     from dmforge.export.adapter import export_adapter
@@ -35,7 +36,6 @@ def measure(run: Path, turns: int | None) -> dict:
     from dmforge.registry.runs import read_export, read_manifest
     from dmforge.tools.grammar import registry_grammar
     from dmforge.tools.registry import load_registry
-    from dmforge.training.chat import ChatFormat, template_messages
 
     config = load_config(run / "config.yaml")
     registry = load_registry(config.data.tool_registry)

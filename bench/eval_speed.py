@@ -51,8 +51,8 @@ def held_out_turns(run: Path | None, hf_dir: Path, n_ctx: int, reply: int, count
     from transformers import AutoTokenizer
 
     from dmforge.config import load_config
+    from dmforge.contract.chat import detect_chat_format
     from dmforge.evaluation.turns import eval_turns
-    from dmforge.training.chat import detect_chat_format
 
     config = load_config(None)
     tokenizer = AutoTokenizer.from_pretrained(hf_dir)

@@ -60,9 +60,9 @@ def typical_turn(n_ctx: int) -> tuple[list[dict], int, int]:
     from corpus import corpus_conversations
 
     from dmforge.config import load_config
+    from dmforge.contract.chat import detect_chat_format, template_messages
     from dmforge.models.load import load_tokenizer
     from dmforge.models.resolve import resolve_base
-    from dmforge.training.chat import detect_chat_format, template_messages
 
     config = load_config(None)
     tokenizer = load_tokenizer(resolve_base(config.model.base).path, config.model.chat_template)
@@ -125,7 +125,7 @@ def measure(path: Path, n_ctx: int, history: list[int], new_turn: int, reply: in
 
 
 def chart(path: Path, rows: dict[str, dict], title: str) -> None:
-    from dmforge.training.plots import figure, save_figure
+    from dmforge.plots import figure, save_figure
 
     labels = list(rows)
     fig = figure(12, 0.5 * len(labels) + 1.8)

@@ -30,6 +30,7 @@ sys.path.insert(0, str(ROOT / "src"))
 from tables import cell  # noqa: E402
 
 from dmforge.config import load_config  # noqa: E402
+from dmforge.contract.chat import ChatFormat, build_samples  # noqa: E402
 from dmforge.evaluation.columns import Column, perplexity_samples, score_column  # noqa: E402
 from dmforge.evaluation.runtime import GREEDY  # noqa: E402
 from dmforge.evaluation.turns import eval_turns  # noqa: E402
@@ -37,7 +38,6 @@ from dmforge.export.convert import convert_to_gguf  # noqa: E402
 from dmforge.files import write_json, write_text  # noqa: E402
 from dmforge.tools.grammar import registry_grammar  # noqa: E402
 from dmforge.tools.registry import load_registry  # noqa: E402
-from dmforge.training.chat import ChatFormat, build_samples  # noqa: E402
 from dmforge.training.finetune import finetune  # noqa: E402
 
 # name → (what it tests, config overrides). Every variant starts from the defaults in config.py.

@@ -46,8 +46,8 @@ def adapter_run(smollm2_base, tmp_path_factory):
 
 
 def _prompts(tokenizer) -> list[str]:
+    from dmforge.contract.chat import ChatFormat, template_messages
     from dmforge.export import verify
-    from dmforge.training.chat import ChatFormat, template_messages
 
     fmt = ChatFormat(**SMOLLM2_CHAT_FORMAT)
     return verify.probe_prompts(tokenizer, [template_messages(verify.PROBE_CONVERSATION, fmt)])

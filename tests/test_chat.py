@@ -6,15 +6,15 @@ from contextlib import contextmanager
 
 import pytest
 
-from dmforge.errors import DmforgeError
-from dmforge.models.templates import GEMMA
-from dmforge.training.chat import (
+from dmforge.contract.chat import (
     IGNORE,
     build_samples,
     conversation_samples,
     detect_chat_format,
     template_messages,
 )
+from dmforge.errors import DmforgeError
+from dmforge.models.templates import GEMMA
 
 
 def test_smollm2_format(smollm2_tokenizer):
@@ -64,14 +64,14 @@ def test_mask_covers_exactly_the_dm_turns(smollm2_tokenizer, corpus_conversation
 
 def _long_conversation(corpus_conversations, tok, fmt):
     """The corpus conversation with the most tokens: it outgrows a 512-token context many times over."""
-    from dmforge.training.chat import message_costs
+    from dmforge.contract.chat import message_costs
 
     return max(corpus_conversations, key=lambda c: sum(message_costs(tok, fmt, c["messages"])))
 
 
 def test_every_dm_turn_is_trained_once_after_the_window_the_app_sends(smollm2_tokenizer, corpus_conversations):
-    from dmforge.dataset.window import window_start
-    from dmforge.training.chat import message_costs, prompt_budget
+    from dmforge.contract.chat import message_costs, prompt_budget
+    from dmforge.contract.window import window_start
 
     tok = smollm2_tokenizer
     fmt = detect_chat_format(tok)
@@ -99,7 +99,7 @@ def test_every_dm_turn_is_trained_once_after_the_window_the_app_sends(smollm2_to
 
 
 def test_no_window_separates_a_call_from_its_result(smollm2_tokenizer, corpus_conversations):
-    from dmforge.training.chat import dm_turn_windows
+    from dmforge.contract.chat import dm_turn_windows
 
     tok = smollm2_tokenizer
     fmt = detect_chat_format(tok)

@@ -6,7 +6,8 @@ from pathlib import Path
 
 import pytest
 
-from dmforge.config import DataConfig, compose_system_prompt, load_config
+from dmforge.config import DataConfig, load_config
+from dmforge.contract.system import compose_system_prompt
 from dmforge.errors import DmforgeError
 from dmforge.scenarios.model import Header
 

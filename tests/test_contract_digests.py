@@ -27,8 +27,8 @@ DIGESTS = {
 
 
 def rendered(tokenizer, max_seq_len: int) -> str:
+    from dmforge.contract.chat import build_samples, detect_chat_format
     from dmforge.evaluation.turns import eval_turns
-    from dmforge.training.chat import build_samples, detect_chat_format
 
     conversations = [to_conversation(s, DataConfig()) for s in check_paths([FIXTURES]).scenarios]
     fmt = detect_chat_format(tokenizer, "auto", "Tool results:\n")
@@ -65,3 +65,18 @@ if __name__ == "__main__":
 
     tokenizer = load_tokenizer(resolve_base("smollm2-135m").path)
     print({n: rendered(tokenizer, n) for n in sorted(DIGESTS)})
+
+
+def test_evaluation_export_and_deploy_do_not_depend_on_training():
+    """They read the app contract from dmforge.contract; training is one of its users, not its owner."""
+    import ast
+
+    package = Path(__file__).resolve().parents[1] / "src" / "dmforge"
+    offenders = []
+    for room in ("evaluation", "export", "deploy"):
+        for path in sorted((package / room).rglob("*.py")):
+            for node in ast.walk(ast.parse(path.read_text())):
+                names = [node.module or ""] if isinstance(node, ast.ImportFrom) else []
+                names += [a.name for a in node.names] if isinstance(node, ast.Import) else []
+                offenders += [f"{path.relative_to(package)}: {n}" for n in names if n.startswith("dmforge.training")]
+    assert not offenders, offenders

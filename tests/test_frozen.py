@@ -7,8 +7,8 @@ import torch
 from peft import LoraConfig, get_peft_model
 from transformers import Gemma3ForCausalLM, Gemma3TextConfig, LlamaConfig, LlamaForCausalLM
 
+from dmforge.contract.chat import IGNORE, Sample
 from dmforge.training.batches import collate
-from dmforge.training.chat import IGNORE, Sample
 from dmforge.training.frozen import _PassThrough, frozen_cache, lowest_trained_layer
 from dmforge.training.lora import layer_linear_names
 from dmforge.training.loss import dm_turn_loss

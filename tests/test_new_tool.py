@@ -93,7 +93,7 @@ def test_a_new_tool_is_carried_by_every_stage(tmp_path: Path):
 
     from transformers import AutoTokenizer
 
-    from dmforge.training.chat import IGNORE, build_samples, detect_chat_format
+    from dmforge.contract.chat import IGNORE, build_samples, detect_chat_format
 
     tokenizer = AutoTokenizer.from_pretrained(run / "merged")
     fmt = detect_chat_format(tokenizer)

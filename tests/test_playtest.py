@@ -5,12 +5,12 @@ from __future__ import annotations
 import random
 
 from dmforge.config import DecodeConfig
-from dmforge.dataset.window import window_start
+from dmforge.contract.chat import ChatFormat
+from dmforge.contract.window import window_start
 from dmforge.evaluation.playtest import SCRIPT, execute, playtest, transcript_markdown
 from dmforge.evaluation.runtime import Reply
 from dmforge.evaluation.turns import eval_turns
 from dmforge.tools.syntax import parse
-from dmforge.training.chat import ChatFormat
 
 
 def test_execute_each_starter_tool(registry):

@@ -19,7 +19,8 @@ from pathlib import Path
 import pytest
 
 from conftest import ROOT, sample_app_values
-from dmforge.config import DataConfig, compose_system_prompt
+from dmforge.config import DataConfig
+from dmforge.contract.system import compose_system_prompt
 from dmforge.deploy.tools_ts import tools_module
 from dmforge.deploy.typescript import typescript_module
 from dmforge.scenarios.model import Header

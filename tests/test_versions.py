@@ -14,12 +14,12 @@ from pathlib import Path
 import pytest
 
 from conftest import ROOT, finished_run
+from dmforge.contract.chat import Sample
 from dmforge.errors import DmforgeError
 from dmforge.registry.gate import judge
 from dmforge.registry.lineage import plan_run
 from dmforge.registry.runs import read_export, read_manifest
 from dmforge.registry.versions import load_versions, register
-from dmforge.training.chat import Sample
 from dmforge.training.incremental import incremental_samples, scaled_steps
 
 OPTIONS = {"model": {"base": "smollm2-135m"}}

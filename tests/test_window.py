@@ -8,7 +8,7 @@ import subprocess
 import pytest
 
 from conftest import ROOT
-from dmforge.dataset.window import context_window, turn_units, window_start
+from dmforge.contract.window import context_window, turn_units, window_start
 from dmforge.deploy.typescript import typescript_module
 
 CASES = json.loads((ROOT / "tests" / "golden" / "window_cases.json").read_text())["cases"]

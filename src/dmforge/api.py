@@ -233,14 +233,14 @@ class DungeonMaster:
 
 def dungeon_master(run: Path, config: DmforgeConfig, world: str = "", location: str = "", party: str = ""):
     """A DungeonMaster session with the run's shipped file, its system message made from the config's template."""
-    from dmforge.config import compose_system_prompt
+    from dmforge.contract.chat import ChatFormat
+    from dmforge.contract.system import compose_system_prompt
     from dmforge.evaluation.run import app_window
     from dmforge.evaluation.runtime import Runtime
     from dmforge.export.ship import forced_quant, shipped
     from dmforge.registry.runs import read_eval, read_export, read_manifest
     from dmforge.scenarios.model import Header
     from dmforge.tools.grammar import decode_grammar
-    from dmforge.training.chat import ChatFormat
 
     run = Path(run)
     manifest = read_manifest(run)

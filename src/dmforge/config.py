@@ -452,18 +452,3 @@ def load_config(path: Path | None = None, overrides: dict[str, dict[str, Any]] |
         return DmforgeConfig.model_validate(data)
     except ValidationError as exc:
         raise _explain(exc, str(path) if path else "the command-line options") from exc
-
-
-def compose_system_prompt(config: DataConfig, header: Any, system: str | None) -> str:
-    """The system message for a scenario: what training sees and what the app must send."""
-    values = {
-        "system": (system or config.system_prompt).strip(),
-        "title": header.title,
-        "world": header.world,
-        "location": header.location,
-        "party": header.party,
-        "category": header.category,
-        "tags": ", ".join(header.tags),
-        "level": "" if header.level is None else str(header.level),
-    }
-    return config.system_template.format(**values).strip()

@@ -25,7 +25,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Literal
 
-from dmforge.dataset.window import turn_units, window_start
+from dmforge.contract.window import turn_units, window_start
 from dmforge.errors import DmforgeError
 from dmforge.tools.syntax import BracketKind, scan_brackets
 

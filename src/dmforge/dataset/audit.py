@@ -331,7 +331,7 @@ def audit(scenarios: list[Scenario], registry: Registry, config: AuditConfig) ->
 
 def coverage_png(path: Path, report: AuditReport) -> None:
     """Calls per tool, skill, save and ability check, with each kind's floor as a line."""
-    from dmforge.training.plots import figure, save_figure
+    from dmforge.plots import figure, save_figure
 
     kinds = [k for k in ("tool", "skill", "save", "ability") if report.coverage[k]]
     fig = figure(11, 2.2 + 0.22 * sum(len(report.coverage[k]) for k in kinds))

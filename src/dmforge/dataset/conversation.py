@@ -14,7 +14,8 @@ import hashlib
 import json
 import re
 
-from dmforge.config import DataConfig, compose_system_prompt
+from dmforge.config import DataConfig
+from dmforge.contract.system import compose_system_prompt
 from dmforge.scenarios.model import Scenario, Turn, TurnKind
 from dmforge.tools.syntax import BracketKind, ToolCall, scan_brackets
 

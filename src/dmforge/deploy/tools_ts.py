@@ -5,7 +5,7 @@ evaluation did, check them against the same registry, and run its agent loop the
 So this module writes, into the app, a line-for-line TypeScript port of `tools/syntax.py` (same results,
 same error messages, same line and column numbers), of `tools/registry.py`'s `check_call` (with a small
 dice reader for the d20 grammar in place of the `d20` package), the registry itself as data, the system
-message as `config.compose_system_prompt` builds it, and `runDmTurn`, one DM turn of the agent loop of
+message as `contract.system.compose_system_prompt` builds it, and `runDmTurn`, one DM turn of the agent loop of
 `evaluation/playtest.py`. tests/test_tool_contract.py holds both languages to the same golden cases.
 
 The TypeScript itself is templates/dmTools.ts; this module only writes its data into it.

@@ -14,6 +14,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from dmforge.config import DecodeConfig
+from dmforge.contract.chat import Sample
 from dmforge.evaluation.batch import batch_replies
 from dmforge.evaluation.metrics import aggregate, score_turn
 from dmforge.evaluation.runtime import Runtime, perplexity
@@ -21,7 +22,6 @@ from dmforge.evaluation.turns import EvalTurn, by_conversation
 from dmforge.files import newer_than, read_json_or_none, write_json
 from dmforge.models.resolve import sha256_file
 from dmforge.tools.registry import Registry
-from dmforge.training.chat import Sample
 
 # Raised whenever the metrics computed from a column's replies change, so a cached column is scored again.
 SCORING_VERSION = 2

@@ -12,7 +12,7 @@ import html
 from pathlib import Path
 
 from dmforge.files import write_text
-from dmforge.training.plots import figure, save_figure
+from dmforge.plots import figure, save_figure
 
 # (key, label, higher is better): the rows of the table, the app's behaviour first.
 HEADLINE = [

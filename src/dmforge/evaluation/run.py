@@ -22,9 +22,11 @@ from pathlib import Path
 from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
 
-from dmforge.config import DmforgeConfig, compose_system_prompt
+from dmforge.config import DmforgeConfig
+from dmforge.contract.chat import ChatFormat, Sample, build_samples, prompt_budget, template_messages
+from dmforge.contract.system import compose_system_prompt
+from dmforge.contract.window import window_start
 from dmforge.dataset.conversation import to_conversation
-from dmforge.dataset.window import window_start
 from dmforge.errors import DmforgeError
 from dmforge.evaluation import playtest as play
 from dmforge.evaluation.columns import Column, cached, perplexity_samples, save_column, score_column
@@ -49,7 +51,6 @@ from dmforge.scenarios import check_paths
 from dmforge.scenarios.model import Header
 from dmforge.tools.grammar import decode_grammar, registry_grammar
 from dmforge.tools.registry import Registry
-from dmforge.training.chat import ChatFormat, Sample, build_samples, prompt_budget, template_messages
 
 
 def latest_run(runs_root: Path) -> Path:

@@ -26,11 +26,11 @@ from typing import Literal
 import numpy as np
 
 from dmforge.config import DecodeConfig
+from dmforge.contract.chat import IGNORE, Sample
 from dmforge.errors import DmforgeError
 from dmforge.evaluation.metrics import loops
 from dmforge.models.hardware import physical_cores
 from dmforge.tools.grammar import LAZY_TRIGGER_PATTERN
-from dmforge.training.chat import IGNORE, Sample
 
 # Greedy decoding with nothing else: what the model itself prefers, for comparison with the app's settings.
 GREEDY = DecodeConfig(temperature=0.0, penalty_repeat=1.0, dry_multiplier=0.0, grammar="off")

@@ -9,8 +9,8 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from dmforge.dataset.window import window_start
-from dmforge.training.chat import ChatFormat, message_costs, prompt_budget, template_messages
+from dmforge.contract.chat import ChatFormat, message_costs, prompt_budget, template_messages
+from dmforge.contract.window import window_start
 
 
 @dataclass

@@ -13,13 +13,13 @@ import json
 from collections.abc import Callable
 from pathlib import Path
 
+from dmforge.contract.chat import ChatFormat, template_messages
 from dmforge.errors import DmforgeError
 from dmforge.export import verify
 from dmforge.export.convert import convert_to_gguf
 from dmforge.export.quantize import QUANT_TYPES, export_types, fallback_share, quantize
 from dmforge.models.resolve import sha256_file
 from dmforge.registry.runs import ExportReport, manifest_path, read_manifest, write_export
-from dmforge.training.chat import ChatFormat, template_messages
 
 FILE_STEM = "dungeon-master"
 

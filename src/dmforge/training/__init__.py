@@ -1,1 +1,2 @@
-"""LoRA fine-tuning: chat rendering and masks, batches, the loss, the loop, checkpoints, preflight."""
+"""LoRA fine-tuning on the app contract's samples: token weights, batches, the loss, the frozen layers' cache,
+the loop, checkpoints, the preflight."""

@@ -10,7 +10,7 @@ import random
 
 import torch
 
-from dmforge.training.chat import IGNORE, Sample
+from dmforge.contract.chat import IGNORE, Sample
 from dmforge.training.weights import TokenWeights
 
 GROUP = 16  # batches per sorting window: large enough to group lengths, small enough to stay random

@@ -30,6 +30,7 @@ from safetensors.torch import load_file
 
 from dmforge import __version__
 from dmforge.config import DmforgeConfig
+from dmforge.contract.chat import ChatFormat, Sample, build_samples, detect_chat_format, template_messages
 from dmforge.dataset import build_dataset, corpus_fingerprint
 from dmforge.dataset.build import DatasetStats
 from dmforge.errors import DmforgeError
@@ -42,7 +43,6 @@ from dmforge.models.resolve import resolve_base
 from dmforge.registry.runs import BaseRecord, RunManifest, scenario_hashes, write_manifest
 from dmforge.scenarios import CheckReport, check_paths
 from dmforge.tools.registry import Registry
-from dmforge.training.chat import ChatFormat, Sample, build_samples, detect_chat_format, template_messages
 from dmforge.training.checkpoint import load_trainable_state
 from dmforge.training.frozen import frozen_cache
 from dmforge.training.incremental import Lineage, incremental_samples, load_parent_adapter, scaled_steps

@@ -22,7 +22,7 @@ from contextlib import contextmanager
 
 import torch
 
-from dmforge.training.chat import Sample
+from dmforge.contract.chat import Sample
 
 
 class _PassThrough(torch.nn.Module):

@@ -17,8 +17,8 @@ import random
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
+from dmforge.contract.chat import Sample
 from dmforge.errors import DmforgeError
-from dmforge.training.chat import Sample
 
 
 @dataclass(frozen=True)

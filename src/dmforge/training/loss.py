@@ -23,7 +23,7 @@ import torch
 import torch.nn.functional as F
 from torch.utils.checkpoint import checkpoint
 
-from dmforge.training.chat import IGNORE
+from dmforge.contract.chat import IGNORE
 
 CHUNK = 1024  # output-layer rows per chunk: a few hundred MB of logits at most, for any vocabulary
 

@@ -6,26 +6,8 @@ import base64
 import html
 from pathlib import Path
 
-from dmforge.files import partial_path, write_text
-
-
-def figure(width: float, height: float, dpi: int = 110):
-    """A matplotlib Figure drawn off screen, without pyplot: pyplot's global backend is the caller's (a notebook's
-    inline plots stop working if a library switches it to Agg), and a Figure nobody registered needs no closing."""
-    from matplotlib.figure import Figure
-
-    return Figure(figsize=(width, height), dpi=dpi)
-
-
-def save_figure(fig, path: Path) -> None:
-    """Write a matplotlib figure as PNG beside `path` and rename it in, so a crash never leaves half a PNG."""
-    fig.tight_layout()
-    tmp = partial_path(path)
-    try:
-        fig.savefig(tmp, format="png")
-        tmp.replace(path)
-    finally:
-        tmp.unlink(missing_ok=True)
+from dmforge.files import write_text
+from dmforge.plots import figure, save_figure
 
 
 def loss_curve_png(path: Path, train: list[tuple[int, float]], val: list[tuple[int, float]], title: str) -> None:

@@ -16,11 +16,11 @@ import psutil
 import torch
 
 from dmforge.config import TrainConfig
+from dmforge.contract.chat import Sample
 from dmforge.errors import DmforgeError
 from dmforge.models.hardware import Hardware
 from dmforge.training.batches import collate
 from dmforge.training.batches import to_device as _to
-from dmforge.training.chat import Sample
 from dmforge.training.frozen import FrozenCache
 from dmforge.training.loop import make_plan
 from dmforge.training.loss import dm_turn_loss

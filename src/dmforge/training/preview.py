@@ -13,13 +13,13 @@ from rich.panel import Panel
 from rich.text import Text
 
 from dmforge.config import DmforgeConfig
+from dmforge.contract.chat import IGNORE, ChatFormat, Sample, build_samples, detect_chat_format
 from dmforge.dataset.conversation import to_conversation
 from dmforge.errors import DmforgeError
 from dmforge.models.load import load_tokenizer
 from dmforge.models.resolve import resolve_base
 from dmforge.scenarios import check_paths
 from dmforge.tools.registry import Registry
-from dmforge.training.chat import IGNORE, ChatFormat, Sample, build_samples, detect_chat_format
 
 
 @dataclass

@@ -23,9 +23,9 @@ from dataclasses import dataclass, field
 import torch
 import torch.nn.functional as F
 
+from dmforge.contract.chat import Sample
 from dmforge.training.batches import collate
 from dmforge.training.batches import to_device as _to
-from dmforge.training.chat import Sample
 from dmforge.training.loss import CHUNK, output_logits, trained_hidden
 
 

@@ -26,7 +26,7 @@ from dataclasses import dataclass, field
 import torch
 
 from dmforge.config import TrainConfig
-from dmforge.training.chat import Sample
+from dmforge.contract.chat import Sample
 
 
 @dataclass(frozen=True)

@@ -674,7 +674,7 @@ export function isKnownTool(name: string, registry: DmToolRegistry = dmToolRegis
 }
 
 // ---------------------------------------------------------------------------------------------------
-// The system message, exactly as dmforge composed it for training (config.compose_system_prompt).
+// The system message, exactly as dmforge composed it for training (contract/system.py, compose_system_prompt).
 
 export const dmStopTokens: readonly string[] = dungeonMasterModel.stop;
 
