@@ -79,3 +79,19 @@ def test_the_training_budget_is_forty_minutes_on_a_cpu_and_none_on_a_gpu():
     assert load_config(None, {"train": {"max_minutes": 12}}).train.budget_minutes("cuda") == 12
     with pytest.raises(DmforgeError, match="positive number of minutes"):
         load_config(None, {"train": {"max_minutes": 0}})
+
+
+def test_lora_layers_is_a_count_or_a_share_of_the_base(tmp_path: Path):
+    # The default adapts the top half: 15 of SmolLM2-135M's 30 layers, 9 of Gemma3-270M's 18.
+    train = load_config().train
+    assert (train.adapted_layers(30), train.adapted_layers(18)) == (15, 9)
+    assert load_config(None, {"train": {"lora_layers": 8}}).train.adapted_layers(30) == 8
+    assert load_config(None, {"train": {"lora_layers": 40}}).train.adapted_layers(30) == 30
+    assert load_config(None, {"train": {"lora_layers": "100%"}}).train.adapted_layers(30) == 30
+    (tmp_path / "all.yaml").write_text("train:\n  lora_layers: null\n")
+    assert load_config(tmp_path / "all.yaml").train.adapted_layers(30) == 30
+    assert load_config(None, {"train": {"lora_layers": " 25% "}}).train.adapted_layers(30) == 8
+    assert load_config(None, {"train": {"lora_layers": "1%"}}).train.adapted_layers(2) == 1
+    for wrong in ("half", "0%", "150%", 0):
+        with pytest.raises(DmforgeError, match="share such as `50%`"):
+            load_config(None, {"train": {"lora_layers": wrong}})

@@ -42,14 +42,14 @@ def lora_model(base_path: Path, config: TrainConfig, hardware: Hardware):
             target_modules=_unsloth_targets(config.target_modules),
             random_state=config.seed,
             use_gradient_checkpointing="unsloth",
-            layers_to_transform=_top_layers(model, config.lora_layers),
+            layers_to_transform=_top_layers(model, config),
         )
     from peft import LoraConfig, get_peft_model, prepare_model_for_kbit_training
 
     model = load_model(base_path, hardware.dtype, hardware.device, quantize_4bit=config.qlora)
     if config.qlora:
         model = prepare_model_for_kbit_training(model)
-    layers = _top_layers(model, config.lora_layers)
+    layers = _top_layers(model, config)
     targets = config.target_modules
     if layers is not None and targets == "all-linear":  # PEFT takes a layer subset only with a list of names
         targets = layer_linear_names(model)
@@ -64,12 +64,11 @@ def lora_model(base_path: Path, config: TrainConfig, hardware: Hardware):
     return get_peft_model(model, lora)
 
 
-def _top_layers(model, count: int | None) -> list[int] | None:
-    """The indices of the top `count` transformer layers (None: every layer)."""
-    if not count:
-        return None
+def _top_layers(model, config: TrainConfig) -> list[int] | None:
+    """The indices of the transformer layers that get LoRA, the top ones (None: every layer)."""
     total = model.config.get_text_config().num_hidden_layers
-    return list(range(max(0, total - count), total))
+    count = config.adapted_layers(total)
+    return None if count >= total else list(range(total - count, total))
 
 
 def layer_linear_names(model) -> list[str]:
