@@ -317,8 +317,9 @@ def _evaluate_stage(progress, config, registry, console, run_dir: Path, export, 
     """evaluate: the columns through llama.cpp and the file that ships; (report, ship choice)."""
     from dmforge.evaluation.run import evaluate_run
 
-    turns = config.eval.max_turns or "every"
-    progress.announce("evaluate", f"{turns} held-out DM turn(s) per file, through llama.cpp as the app runs it")
+    limit = config.eval.max_turns
+    turns = "every held-out DM turn" if not limit else f"{limit} held-out DM turn{'s' if limit > 1 else ''}"
+    progress.announce("evaluate", f"{turns} per file, through llama.cpp as the app runs it")
     compare = {}
     if deployed_set is not None and deployed_set.record.get("base") == _base_spec(run_dir):
         # Scored on these very turns, so the gate compares like with like (a recorded figure may be older).

@@ -11,6 +11,7 @@ from __future__ import annotations
 import math
 import os
 import time
+from collections.abc import Callable
 from contextlib import nullcontext
 from dataclasses import dataclass
 from pathlib import Path
@@ -66,16 +67,25 @@ def step_batches(samples: list[Sample], config: TrainConfig, plan: Plan, step: i
     return out
 
 
-def make_optimizer(model, config: TrainConfig, total_steps: int):
+def make_optimizer(model, config: TrainConfig, total_steps: int, clock: Callable[[], float] | None = None):
+    """AdamW and its schedule: linear warm-up, then cosine decay to a tenth of the peak rate.
+
+    Under a time budget (`max_minutes`, resolved) with a `clock` (training seconds so far), the decay
+    follows whichever is further along, the steps or the clock: the planned steps come from the
+    preflight's forecast, and when the real steps run slower (a busy machine, validation passes), the
+    rate still reaches its floor as the budget ends instead of being cut off halfway down.
+    """
     params = [p for p in model.parameters() if p.requires_grad]
     optimizer = torch.optim.AdamW(params, lr=config.learning_rate, weight_decay=config.weight_decay)
     warmup = min(config.warmup_steps, max(total_steps - 1, 0))
+    budget = config.max_minutes * 60 if isinstance(config.max_minutes, float | int) else None
 
     def schedule(step: int) -> float:
-        # Linear warm-up, then cosine decay to a tenth of the peak rate.
         if step < warmup:
             return (step + 1) / (warmup + 1)
         progress = (step - warmup) / max(1, total_steps - warmup)
+        if budget and clock is not None:
+            progress = max(progress, clock() / budget)
         return 0.1 + 0.9 * 0.5 * (1 + math.cos(math.pi * min(1.0, progress)))
 
     return optimizer, torch.optim.lr_scheduler.LambdaLR(optimizer, schedule)
@@ -230,7 +240,12 @@ def train_loop(
 
 def _start(model, config: TrainConfig, plan: Plan, checkpoints: Path, console: Console, accelerator):
     """The optimizer and schedule for the planned steps, and the state to go on from (the latest checkpoint's)."""
-    optimizer, scheduler = make_optimizer(model, config, plan.total_steps)
+    current: list[LoopState] = []  # the state the schedule's clock reads, known once a checkpoint is loaded
+
+    def clock() -> float:
+        return current[0].seconds if current else 0.0
+
+    optimizer, scheduler = make_optimizer(model, config, plan.total_steps, clock)
     if accelerator is not None:
         model, optimizer = accelerator.prepare(model, optimizer)
     state = LoopState()
@@ -238,6 +253,7 @@ def _start(model, config: TrainConfig, plan: Plan, checkpoints: Path, console: C
     if resume is not None:
         state = load_checkpoint(resume, model, optimizer, scheduler)
         console.print(f"[cyan]Resuming[/] from {resume.name} (step {state.step} of {plan.total_steps}).")
+    current.append(state)
     return model, optimizer, scheduler, state
 
 
