@@ -38,3 +38,10 @@ def test_a_run_faster_than_forecast_follows_its_steps():
     fast = _rates(config, total_steps=100, seconds_per_step=1.0, steps=100)
     plain = _rates(TrainConfig(max_minutes=None, warmup_steps=0, learning_rate=1e-3), 100, 1.0, 100)
     assert fast == plain
+
+
+def test_a_fixed_number_of_steps_keeps_its_schedule_whatever_the_clock():
+    # max_steps is the user's schedule (and a resumed run must repeat it exactly): the budget only caps it.
+    capped = _rates(TrainConfig(max_minutes=10, max_steps=100, warmup_steps=0), 100, 12.0, 50)
+    plain = _rates(TrainConfig(max_minutes=None, max_steps=100, warmup_steps=0), 100, 12.0, 50)
+    assert capped == plain

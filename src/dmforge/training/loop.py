@@ -70,15 +70,17 @@ def step_batches(samples: list[Sample], config: TrainConfig, plan: Plan, step: i
 def make_optimizer(model, config: TrainConfig, total_steps: int, clock: Callable[[], float] | None = None):
     """AdamW and its schedule: linear warm-up, then cosine decay to a tenth of the peak rate.
 
-    Under a time budget (`max_minutes`, resolved) with a `clock` (training seconds so far), the decay
-    follows whichever is further along, the steps or the clock: the planned steps come from the
+    When a time budget (`max_minutes`, resolved) planned the steps, and with a `clock` (training seconds
+    so far), the decay follows whichever is further along, the steps or the clock: the planned steps come from the
     preflight's forecast, and when the real steps run slower (a busy machine, validation passes), the
     rate still reaches its floor as the budget ends instead of being cut off halfway down.
     """
     params = [p for p in model.parameters() if p.requires_grad]
     optimizer = torch.optim.AdamW(params, lr=config.learning_rate, weight_decay=config.weight_decay)
     warmup = min(config.warmup_steps, max(total_steps - 1, 0))
-    budget = config.max_minutes * 60 if isinstance(config.max_minutes, float | int) else None
+    # Only when the budget planned the steps: `max_steps` is a fixed schedule, reproducible across a resume.
+    planned = config.max_steps is None and isinstance(config.max_minutes, float | int)
+    budget = config.max_minutes * 60 if planned else None
 
     def schedule(step: int) -> float:
         if step < warmup:
