@@ -80,6 +80,10 @@ VARIANTS: dict[str, tuple[str, dict]] = {
         "top 15 layers cached, argument tokens 10x, learning rate 3e-3",
         {"train": {"lora_layers": 15, "argument_loss_weight": 10.0, "learning_rate": 3e-3}},
     ),
+    "top15-arg10-decision20": (
+        "top 15 layers cached, argument tokens 10x, each turn's first token (call or not) 20x",
+        {"train": {"lora_layers": 15, "argument_loss_weight": 10.0, "decision_loss_weight": 20.0}},
+    ),
     "top20-arg10": (
         "top 20 layers cached, argument tokens 10x",
         {"train": {"lora_layers": 20, "argument_loss_weight": 10.0}},
@@ -175,7 +179,13 @@ def teacher_forced_score(row: dict) -> float:
     return (row.get("teacher_forced") or {}).get("call_score") or 0.0
 
 
-TEACHER = [("decision", "tf decision"), ("intent", "tf intent"), ("exact", "tf exact")]
+TEACHER = [
+    ("decision", "tf decision"),
+    ("intent", "tf intent"),
+    ("exact", "tf exact"),
+    ("opening_after_player", "tf opening after a player"),
+    ("opening_after_tool", "tf opening after a result"),
+]
 GENERATED = [
     ("call_decision_accuracy", "decision"),
     ("intent_match", "intent"),

@@ -66,6 +66,10 @@ class Sample:
     # Trained turns without calls: their first token (which a calls-first turn would have made a `[`) and
     # their end-of-turn token (where a turn written narration-first would have opened a call instead).
     quiet_turns: list[tuple[int, int]] = field(default_factory=list)
+    # Per trained turn (parallel to `dm_spans`): whether a tool result, not a player, spoke last. The two
+    # decisions differ: after a player the DM usually calls, after a result usually narrates, unless the
+    # result asks for the next link of the combat chain (a hit → `[damage]`).
+    after_tool: list[bool] = field(default_factory=list)
     windowed: bool = False  # the context starts later than the conversation's first turn
 
     @property
@@ -226,6 +230,7 @@ def render_sequence(tokenizer, fmt: ChatFormat, messages: list[dict], conversati
         for t in range(first, last):
             labels[t] = ids[t]
         sample.dm_spans.append((first, last))
+        sample.after_tool.append(i > 0 and messages[i - 1]["role"] == "tool")
         sample.prompt_lengths.append(first)
         _mark_calls(sample, message["content"], full.find(message["content"], start), offsets, (first, last))
     return sample

@@ -11,7 +11,10 @@ extra):
   predicted where the gold ends;
 - **intent**: each gold call's name and positional values (`[roll: perception`) are the model's
   most likely tokens, given the text before them;
-- **exact**: the same for the whole call, keyword arguments included.
+- **exact**: the same for the whole call, keyword arguments included;
+- **opening after a player / after a tool result**: per DM turn, whether its first token opens a
+  call exactly when the gold turn does, split by who spoke last. The two fail differently (a model
+  can call after every player line and never after a hit), and a single decision figure hides it.
 
 The adapter that ships is the one with the best `call_score`, their mean (ties go to the lower loss).
 """
@@ -37,6 +40,8 @@ class Validation:
     exact: float | None
     # Intent per tool (`roll`, `attack`, …): where the calls go wrong, the skill or the dice.
     intent_per_tool: dict[str, float] = field(default_factory=dict)
+    opening_after_player: float | None = None
+    opening_after_tool: float | None = None
 
     @property
     def call_score(self) -> float:
@@ -51,6 +56,8 @@ class Validation:
             "exact": self.exact,
             "call_score": self.call_score,
             "intent_per_tool": self.intent_per_tool,
+            "opening_after_player": self.opening_after_player,
+            "opening_after_tool": self.opening_after_tool,
         }
 
 
@@ -89,6 +96,7 @@ def validate(
     intents = [0, 0]
     exacts = [0, 0]
     per_tool: dict[str, list[int]] = {}
+    openings = {False: [0, 0], True: [0, 0]}  # after a tool result? → [right, turns]
     with torch.no_grad():
         for sample in samples:
             correct, predicted, loss, n = _correct_tokens(model, sample, device, cache)
@@ -108,6 +116,26 @@ def validate(
                 tally = per_tool.setdefault(call.intent.split(":")[0], [0, 0])
                 tally[0] += right
                 tally[1] += 1
+            _tally_openings(sample, correct, predicted, bracket_ids, openings)
     model.train()
     by_tool = {tool: hits / n for tool, (hits, n) in sorted(per_tool.items())}
-    return Validation(total / max(count, 1), _ratio(*decisions), _ratio(*intents), _ratio(*exacts), by_tool)
+    return Validation(
+        total / max(count, 1),
+        _ratio(*decisions),
+        _ratio(*intents),
+        _ratio(*exacts),
+        by_tool,
+        _ratio(*openings[False]),
+        _ratio(*openings[True]),
+    )
+
+
+def _tally_openings(sample: Sample, correct, predicted, bracket_ids: frozenset[int], openings: dict) -> None:
+    """Per trained turn: does its first predicted token open a call exactly when the gold turn's does?"""
+    call_starts = {call.start for call in sample.calls}
+    for (first, _), after_tool in zip(sample.dm_spans, sample.after_tool, strict=False):
+        if first >= len(predicted) or int(predicted[first]) < 0:
+            continue
+        right = bool(correct[first]) if first in call_starts else int(predicted[first]) not in bracket_ids
+        openings[after_tool][0] += right
+        openings[after_tool][1] += 1

@@ -6,8 +6,10 @@ already knows `[roll:` from the scene (a check is due), and only ` perception` s
 So three weights, from light to heavy:
 
 - narration: 1;
-- the call's tokens, and the first and last token of a turn that makes none (the decision):
+- the call's tokens, and the first and last token of a turn that makes none:
   `call_loss_weight`;
+- each turn's first token, where a calls-first turn decides whether to call at all:
+  `decision_loss_weight` (unset: the call weight);
 - the argument's tokens (the skill, save, weapon or dice right after the tool's name):
   `argument_loss_weight`.
 
@@ -33,6 +35,7 @@ from dmforge.contract.chat import Sample
 class TokenWeights:
     call: float = 1.0
     argument: float = 1.0
+    decision: float | None = None  # None: the call weight
     balance: dict[str, float] = field(default_factory=dict)  # intent → factor on its argument weight
 
     def fill(self, row: torch.Tensor, sample: Sample) -> None:
@@ -46,6 +49,9 @@ class TokenWeights:
             argument = self.argument * self.balance.get(call.intent, 1.0)
             if call.argument and argument != self.call:
                 row[call.argument.start : call.argument.stop] = argument
+        if self.decision is not None and self.decision != self.call:
+            for first, _ in sample.dm_spans:
+                row[first] = self.decision
 
 
 def intent_balance(samples: list[Sample]) -> dict[str, float]:
@@ -61,4 +67,9 @@ def intent_balance(samples: list[Sample]) -> dict[str, float]:
 def token_weights(config: TrainConfig, samples: list[Sample]) -> TokenWeights:
     """The weights a run trains with; the balance is counted on its own training samples."""
     balance = intent_balance(samples) if config.call_balance == "sqrt" else {}
-    return TokenWeights(config.call_loss_weight, config.argument_loss_weight, balance)
+    return TokenWeights(
+        call=config.call_loss_weight,
+        argument=config.argument_loss_weight,
+        decision=config.decision_loss_weight,
+        balance=balance,
+    )
