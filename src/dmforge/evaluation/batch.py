@@ -19,7 +19,7 @@ from dataclasses import dataclass, field
 
 from dmforge.config import DecodeConfig
 from dmforge.errors import DmforgeError
-from dmforge.evaluation.metrics import loops
+from dmforge.evaluation.metrics import loops, opening_complete
 from dmforge.evaluation.runtime import AppSampler, Reply, Runtime
 from dmforge.models.hardware import physical_cores
 
@@ -57,13 +57,17 @@ def batch_replies(
     grammar: str | None = None,
     parallel: int | None = None,
     on_reply: Callable[[], None] | None = None,
+    opening_only: bool = False,
 ) -> list[list[Reply]]:
     """Replies to every prompt of every conversation; a conversation's prompts are taken in order.
 
     `conversations[c][t]` is the message list (system first) before the t-th scored turn of
-    conversation c; each usually extends the one before, which is what the KV cache reuses.
+    conversation c; each usually extends the one before, which is what the KV cache reuses. With
+    `opening_only`, a reply stops (`stop="opening"`) as soon as it begins a line of narration: what it
+    has by then are the calls it opens with, a fifth of a whole reply's tokens.
     """
-    decoder = _Decoder(runtime, conversations, decode, grammar, parallel or parallel_for(runtime), on_reply)
+    width = parallel or parallel_for(runtime)
+    decoder = _Decoder(runtime, conversations, decode, grammar, width, on_reply, opening_only)
     try:
         decoder.run()
     finally:
@@ -74,10 +78,13 @@ def batch_replies(
 class _Decoder:
     """One llama.cpp context with a sequence per slot, stepping every slot's reply one token at a time."""
 
-    def __init__(self, runtime: Runtime, conversations, decode: DecodeConfig, grammar, parallel: int, on_reply):
+    def __init__(
+        self, runtime: Runtime, conversations, decode: DecodeConfig, grammar, parallel: int, on_reply, opening_only
+    ):
         import llama_cpp as lc
 
         self.lc, self.runtime, self.conversations = lc, runtime, conversations
+        self.opening_only = opening_only
         self.decode, self.grammar, self.on_reply = decode, grammar, on_reply
         params = lc.llama_context_default_params()
         params.n_ctx = runtime.n_ctx * parallel
@@ -167,7 +174,9 @@ class _Decoder:
             stop = "end"
         else:
             slot.out.append(token)
-            if len(slot.out) % 4 == 0 and loops(runtime._text(slot.out)):
+            if self.opening_only and opening_complete(runtime._text(slot.out)):
+                stop = "opening"
+            elif len(slot.out) % 4 == 0 and loops(runtime._text(slot.out)):
                 stop = "loop"
             elif len(slot.out) >= slot.limit:
                 stop = "length"

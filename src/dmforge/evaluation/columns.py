@@ -5,6 +5,11 @@ quantizations) and a decoding (the app's settings, with or without the tool-call
 greedy). Its result is kept in a JSON file keyed by exactly what went into it (turns, prompts'
 context, decoding, grammar), and read back instead of recomputed while that key holds and the
 file is not newer than the result.
+
+An `opening_only` column (a "screen") generates each reply only up to its first line of narration and
+scores the calls it opens with: for a model that writes its calls first, the call decision, intent,
+exact match and validity of the whole reply, at a fifth of the tokens. It has no loop rate, narration
+or perplexity; `opening_metrics` gives a whole column's figures on the same terms, to compare with.
 """
 
 from __future__ import annotations
@@ -16,7 +21,7 @@ from pathlib import Path
 from dmforge.config import DecodeConfig
 from dmforge.contract.chat import Sample
 from dmforge.evaluation.batch import batch_replies
-from dmforge.evaluation.metrics import aggregate, score_turn
+from dmforge.evaluation.metrics import TurnVerdict, aggregate, opening_calls, score_turn
 from dmforge.evaluation.runtime import Runtime, perplexity
 from dmforge.evaluation.turns import EvalTurn, by_conversation
 from dmforge.files import newer_than, read_json_or_none, write_json
@@ -36,6 +41,7 @@ class Column:
     decode: DecodeConfig
     grammar: str | None  # the tool-call grammar, when the decoding uses it
     adapter: Path | None = None  # a LoRA adapter GGUF applied on top of `path` (adapter updates)
+    opening_only: bool = False  # a screen: only the calls each reply opens with
 
     @property
     def label(self) -> str:
@@ -49,6 +55,8 @@ class Column:
         if d.dry_multiplier:
             parts.append(f"DRY {d.dry_multiplier:g}")
         parts.append(f"{d.grammar} grammar" if self.uses_grammar else "no grammar")
+        if self.opening_only:
+            parts.append("the calls each reply opens with")
         return ", ".join(parts)
 
     @property
@@ -67,6 +75,7 @@ class Column:
             "file": self.path.name,
             # The adapter's bytes, not its name: a re-exported adapter keeps its name and must be scored again.
             "adapter": sha256_file(self.adapter)[:16] if self.adapter else None,
+            "opening_only": self.opening_only,
         }
 
 
@@ -88,6 +97,18 @@ def cached(path: Path, key: dict, source_file: Path) -> dict | None:
     return column if column is not None and column.get("key") == key else None
 
 
+def _verdict(turn: EvalTurn, text: str, registry: Registry, hit_limit: bool) -> TurnVerdict:
+    return score_turn(
+        text,
+        turn.gold,
+        registry,
+        tool_results=turn.tool_results,
+        party=turn.party,
+        location=turn.location,
+        hit_limit=hit_limit,
+    )
+
+
 def score_column(
     column: Column,
     turns: list[EvalTurn],
@@ -100,19 +121,14 @@ def score_column(
     runtime = Runtime(column.path, n_ctx, column.adapter)
     groups = by_conversation(turns)
     prompts = [[t.prompt for t in group] for group in groups]
-    replies = batch_replies(runtime, prompts, column.decode, column.grammar, on_reply=on_reply)
+    replies = batch_replies(
+        runtime, prompts, column.decode, column.grammar, on_reply=on_reply, opening_only=column.opening_only
+    )
     verdicts, details, categories = [], [], []
     for group, answers in zip(groups, replies, strict=True):
         for turn, reply in zip(group, answers, strict=True):
-            verdict = score_turn(
-                reply.text,
-                turn.gold,
-                registry,
-                tool_results=turn.tool_results,
-                party=turn.party,
-                location=turn.location,
-                hit_limit=reply.hit_limit,
-            )
+            text = opening_calls(reply.text) if column.opening_only else reply.text
+            verdict = _verdict(turn, text, registry, reply.hit_limit)
             verdicts.append(verdict)
             categories.append(turn.category)
             details.append(
@@ -121,16 +137,39 @@ def score_column(
                     "conversation": turn.conversation,
                     "turn": turn.index,
                     "gold": turn.gold,
-                    "prediction": reply.text,
+                    "prediction": text,
                     "tokens": reply.tokens,
                     "stop": reply.stop,
                     "verdict": verdict.to_json(),
                 }
             )
     metrics = aggregate(verdicts, categories)
-    metrics["perplexity"] = perplexity(runtime, samples) if samples else None
+    if column.opening_only:  # narration was never generated: these would describe a cut reply
+        for key in ("loop_rate", "continuation_consistency", "in_character_rate", "mention_recall"):
+            metrics[key] = None
+        metrics["median_length_ratio"] = None
+    run_perplexity = samples and not column.opening_only
+    metrics["perplexity"] = perplexity(runtime, samples) if run_perplexity else None
     metrics["mean_reply_tokens"] = sum(d["tokens"] for d in details) / max(1, len(details))
     return {"metrics": metrics, "details": details, "decoding": column.label, "file": str(column.path)}
+
+
+def opening_metrics(result: dict, turns: list[EvalTurn], registry: Registry) -> tuple[dict, bool]:
+    """A whole column's call metrics on the calls its replies open with, and whether that cut lost nothing.
+
+    The cut is faithful when no reply has a call, or any other bracket, after its first line of narration:
+    then a screen's figures and this column's figures measure the same thing.
+    """
+    by_key = {(t.conversation, t.index): t for t in turns}
+    verdicts, categories, faithful = [], [], True
+    for detail in result["details"]:
+        turn = by_key[(detail["conversation"], detail["turn"])]
+        verdict = _verdict(turn, opening_calls(detail["prediction"]), registry, False)
+        whole = detail["verdict"]
+        faithful &= verdict.predicted_calls == whole["predicted_calls"] and verdict.brackets == whole["brackets"]
+        verdicts.append(verdict)
+        categories.append(turn.category)
+    return aggregate(verdicts, categories), faithful
 
 
 def save_column(path: Path, key: dict, result: dict) -> dict:

@@ -20,6 +20,10 @@ verdict out. The rules, in words:
   digits or as a word) or the outcome named.
 - **in character**: no assistant-speak ("As an AI", "I'm happy to help", "language model", ...).
 - **mentions**: the party's names and the location are mentioned when the gold reply mentions them.
+
+A model trained with its calls first (`data.call_order: first`) makes every call decision in the
+lines its reply opens with; `opening_calls` cuts a reply to them, which is what a quick screen of a
+quantized file generates (evaluation/run.py).
 """
 
 from __future__ import annotations
@@ -99,6 +103,21 @@ def loops(text: str) -> bool:
         if counts and max(counts.values()) >= times:
             return True
     return False
+
+
+def opening_calls(text: str) -> str:
+    """The lines a reply opens with that start with a bracket: its calls, when they come first; '' when none."""
+    kept = []
+    for line in text.strip().split("\n"):
+        if not line.strip().startswith("["):
+            break
+        kept.append(line.strip())
+    return "\n".join(kept)
+
+
+def opening_complete(text: str) -> bool:
+    """The reply has begun a line of narration, so the calls it opens with are all written."""
+    return any(line.strip() and not line.strip().startswith("[") for line in text.split("\n"))
 
 
 @dataclass

@@ -134,12 +134,14 @@ def _ship_lines(report: dict) -> list[str]:
         "|---|---|---|---|---|---|---|---|",
     ]
     for row in ship["candidates"]:
-        scored = row["evaluated"]
+        scored = row["evaluated"] or row.get("screened", False)
         kept = (
             "reference"
             if row["quant"] == "F16"
             else ("yes" if not row.get("shortfalls") else "; ".join(row["shortfalls"]))
         )
+        if row.get("screened") and not row["evaluated"]:  # rejected on its opening calls, never scored whole
+            kept = f"no, on the calls its replies open with: {kept}"
         lines.append(
             f"| {row['quant']} | {row['bytes'] / 2**20:.0f} MB | {_fmt(row['fallback_share'])} | "
             f"{_fmt(row['kl_vs_f16'])} | "

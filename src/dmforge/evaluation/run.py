@@ -29,7 +29,14 @@ from dmforge.contract.window import window_start
 from dmforge.dataset.conversation import to_conversation
 from dmforge.errors import DmforgeError
 from dmforge.evaluation import playtest as play
-from dmforge.evaluation.columns import Column, cached, perplexity_samples, save_column, score_column
+from dmforge.evaluation.columns import (
+    Column,
+    cached,
+    opening_metrics,
+    perplexity_samples,
+    save_column,
+    score_column,
+)
 from dmforge.evaluation.report import write_reports
 from dmforge.evaluation.runtime import GREEDY, Runtime
 from dmforge.evaluation.turns import EvalTurn, eval_turns
@@ -245,7 +252,7 @@ def _score_columns(run, columns: dict, setup: EvalSetup, config: DmforgeConfig, 
         base, lora = Path(export.adapter.base_file), Path(export.adapter.file)
         run(Column(ADAPTER_COLUMN, "adapter", base, decode, grammar, adapter=lora))
     if validation:
-        ship = _choose_and_score_quants(run, files, f16["metrics"], decode, grammar, config, export)
+        ship = _choose_and_score_quants(run, files, f16, decode, grammar, config, export, setup.turns, registry)
     else:  # the run's own choice stands: these scenarios score it, they do not re-decide it
         ship = _existing_ship(setup.run_dir)
         if ship.quant != "F16" and ship.quant in files:
@@ -293,14 +300,21 @@ def _base_cache(base_file: Path, key: dict) -> Path:
     return cache_root() / "eval" / f"base-{digest}.json"
 
 
-def _choose_and_score_quants(run, files, f16: dict, decode, grammar, config: DmforgeConfig, export) -> ShipRecord:
+def _choose_and_score_quants(
+    run, files, f16_column: dict, decode, grammar, config: DmforgeConfig, export, turns, registry
+) -> ShipRecord:
     """Score the quantized files smallest first and apply the shipping rule; the record of the choice.
 
     Scoring stops at the first file that meets the rule (unless `eval.diagnostics`): a larger file
     cannot change the choice, and each column costs minutes on a laptop. A file whose KL divergence
-    from F16 is already above `export.max_kl` cannot ship, so it is not scored either.
+    from F16 is already above `export.max_kl` cannot ship, so it is not scored either. With
+    `eval.screen_quants`, a file is first screened on the calls its replies open with, against F16's
+    replies cut the same way, and scored whole only when the screen keeps F16's behaviour: the rule is
+    then checked again on the whole replies, so what ships always passed it on every held-out turn.
     """
+    f16 = f16_column["metrics"]
     metrics: dict[str, dict] = {"F16": f16}
+    screens: dict[str, dict] = {}
     rows = {row["quant"]: row for row in export.quantizations}
     kls = {q: rows.get(q, {}).get("kl_vs_f16") for q in files}
     max_drop, max_kl = config.export.max_metric_drop, config.export.max_kl
@@ -308,41 +322,51 @@ def _choose_and_score_quants(run, files, f16: dict, decode, grammar, config: Dmf
     if forced and forced not in files:
         shipped(export, None, forced)  # raises, naming the types the run has
     sizes = {q: str(p) for q, p in files.items()}
+    exhaustive = bool(forced) or config.eval.diagnostics
+    reference, faithful = opening_metrics(f16_column, turns, registry)
+    screening = config.eval.screen_quants and faithful and not exhaustive
     for quant in [q for q in by_size(sizes) if q != "F16"]:
-        wanted = quant == forced or config.eval.diagnostics
-        if forced and not wanted:
+        if forced and quant != forced and not config.eval.diagnostics:
             continue
-        if not wanted and kls.get(quant) is not None and kls[quant] > max_kl:
+        if not exhaustive and kls.get(quant) is not None and kls[quant] > max_kl:
             continue
+        if screening:
+            screen = Column(f"{quant} calls", quant, files[quant], decode, grammar, opening_only=True)
+            screens[quant] = run(screen, False)["metrics"]
+            if shortfalls(screens[quant], reference, kls[quant], max_drop, max_kl):
+                continue
         metrics[quant] = run(Column(quant, quant, files[quant], decode, grammar))["metrics"]
-        if not (forced or config.eval.diagnostics) and not shortfalls(
-            metrics[quant], f16, kls[quant], max_drop, max_kl
-        ):
+        if not exhaustive and not shortfalls(metrics[quant], f16, kls[quant], max_drop, max_kl):
             break
     if forced:
         quant, reason = forced, f"{forced} was asked for (`deploy.quant`, `export.ship` or --quant)"
     else:
         quant, reason = measured_choice(sizes, metrics, kls, max_drop, max_kl)
-    table = []
-    for q in by_size(sizes):
-        m = metrics.get(q, {})
-        table.append(
-            {
-                "quant": q,
-                "bytes": files[q].stat().st_size,
-                "fallback_share": rows.get(q, {}).get("fallback_share"),
-                "kl_vs_f16": kls.get(q),
-                "intent_match": m.get("intent_match"),
-                "call_decision_accuracy": m.get("call_decision_accuracy"),
-                "call_validity": m.get("call_validity"),
-                "intent_delta_vs_f16": None
-                if m.get("intent_match") is None or f16.get("intent_match") is None
-                else m["intent_match"] - f16["intent_match"],
-                "evaluated": q in metrics,
-                "shortfalls": shortfalls(m, f16, kls.get(q), max_drop, max_kl) if q in metrics and q != "F16" else [],
-            }
-        )
+    table = [_candidate_row(q, files, rows, kls, metrics, screens, reference, max_drop, max_kl) for q in by_size(sizes)]
     return ShipRecord(quant=quant, reason=reason, max_metric_drop=max_drop, max_kl=max_kl, candidates=table)
+
+
+def _candidate_row(q, files, rows, kls, metrics, screens, reference, max_drop, max_kl) -> dict:
+    """One file's line in the ship record: its whole-reply figures, or its screen's where it went no further."""
+    f16 = metrics["F16"]
+    screened = q not in metrics and q in screens
+    m = screens[q] if screened else metrics.get(q, {})
+    against = reference if screened else f16
+    return {
+        "quant": q,
+        "bytes": files[q].stat().st_size,
+        "fallback_share": rows.get(q, {}).get("fallback_share"),
+        "kl_vs_f16": kls.get(q),
+        "intent_match": m.get("intent_match"),
+        "call_decision_accuracy": m.get("call_decision_accuracy"),
+        "call_validity": m.get("call_validity"),
+        "intent_delta_vs_f16": None
+        if m.get("intent_match") is None or against.get("intent_match") is None
+        else m["intent_match"] - against["intent_match"],
+        "evaluated": q in metrics,
+        "screened": q in screens,
+        "shortfalls": shortfalls(m, against, kls.get(q), max_drop, max_kl) if m and q != "F16" else [],
+    }
 
 
 def app_window(runtime: Runtime, fmt: ChatFormat, n_ctx: int, decode) -> Callable[[list[dict]], list[dict]]:
