@@ -9,18 +9,17 @@ from dmforge.contract.chat import conversation_samples, detect_chat_format
 from dmforge.training.validation import _tally_openings
 from dmforge.training.weights import TokenWeights, intent_balance, token_weights
 
-CONVERSATION = {
-    "id": "x",
-    "messages": [
-        {"role": "system", "content": "S"},
-        {"role": "user", "content": "Ana: I swing my axe at the goblin."},
-        {"role": "assistant", "content": "[attack: handaxe, target=goblin]\nYou lunge across the mud."},
-        {"role": "tool", "content": "[attack: handaxe, target=goblin] => 15, hit"},
-        {"role": "assistant", "content": "[damage: 1d6+3, type=slashing, target=goblin]\nFifteen hits."},
-        {"role": "tool", "content": "[damage: 1d6+3, type=slashing, target=goblin] => 7"},
-        {"role": "assistant", "content": "The goblin drops into the ditch."},
-    ],
-}
+# A fight in three DM turns: a call after a player, a call after a hit, narration after the damage.
+MESSAGES = [
+    ("system", "S"),
+    ("user", "Ana: I swing my axe at the goblin."),
+    ("assistant", "[attack: handaxe, target=goblin]\nYou lunge across the mud."),
+    ("tool", "[attack: handaxe, target=goblin] => 15, hit"),
+    ("assistant", "[damage: 1d6+3, type=slashing, target=goblin]\nFifteen hits."),
+    ("tool", "[damage: 1d6+3, type=slashing, target=goblin] => 7"),
+    ("assistant", "The goblin drops into the ditch."),
+]
+CONVERSATION = {"id": "x", "messages": [{"role": role, "content": text} for role, text in MESSAGES]}
 
 
 def _sample(tok):
