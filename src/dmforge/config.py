@@ -372,8 +372,8 @@ class EvalConfig(_Section):
     screen_quants: bool = Field(
         True,
         description="Screen each quantized file on the calls its replies open with before scoring it whole: a "
-        "file that already loses F16's call decision, intent or validity there is rejected at a fifth of a "
-        "column's cost, and only the file that passes is scored on whole replies. Used only when the cut is "
+        "file that already loses F16's call decision, intent or validity there is rejected in half a column's "
+        "time, and only the file that passes is scored on whole replies. Used only when the cut is "
         "faithful for this model (no F16 reply has a call after its first line of narration).",
     )
 

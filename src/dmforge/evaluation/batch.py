@@ -64,7 +64,7 @@ def batch_replies(
     `conversations[c][t]` is the message list (system first) before the t-th scored turn of
     conversation c; each usually extends the one before, which is what the KV cache reuses. With
     `opening_only`, a reply stops (`stop="opening"`) as soon as it begins a line of narration: what it
-    has by then are the calls it opens with, a fifth of a whole reply's tokens.
+    has by then are the calls it opens with: 6 tokens where a whole reply averaged 69 (measured).
     """
     width = parallel or parallel_for(runtime)
     decoder = _Decoder(runtime, conversations, decode, grammar, width, on_reply, opening_only)
