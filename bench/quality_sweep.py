@@ -46,47 +46,65 @@ VARIANTS: dict[str, tuple[str, dict]] = {
     # The rows of docs/model-quality.md name their recipe in full, so each lever's variant pins the others.
     "all-layers": (
         "LoRA on every layer, argument tokens 3x (the defaults before round 2)",
-        {"train": {"lora_layers": "100%", "argument_loss_weight": 3.0}},
+        {"train": {"lora_layers": "100%", "argument_loss_weight": 3.0, "learning_rate": 1e-3}},
     ),
     "arg10": (
         "every layer, argument tokens weighted 10x (calls 3x)",
-        {"train": {"lora_layers": "100%", "argument_loss_weight": 10.0}},
+        {"train": {"lora_layers": "100%", "argument_loss_weight": 10.0, "learning_rate": 1e-3}},
     ),
     "arg10-sqrt": (
         "every layer, argument tokens 10x, balanced by 1/sqrt of the intent's count",
-        {"train": {"lora_layers": "100%", "argument_loss_weight": 10.0, "call_balance": "sqrt"}},
+        {"train": {"lora_layers": "100%", "argument_loss_weight": 10.0, "call_balance": "sqrt", "learning_rate": 1e-3}},
     ),
     "top8": (
         "LoRA on the top 8 of 30 layers, frozen layers cached, argument tokens 3x",
-        {"train": {"lora_layers": 8, "argument_loss_weight": 3.0}},
+        {"train": {"lora_layers": 8, "argument_loss_weight": 3.0, "learning_rate": 1e-3}},
     ),
     "top8-arg10": (
         "top 8 layers cached, argument tokens 10x",
-        {"train": {"lora_layers": 8, "argument_loss_weight": 10.0}},
+        {"train": {"lora_layers": 8, "argument_loss_weight": 10.0, "learning_rate": 1e-3}},
     ),
     "top8-arg10-sqrt": (
         "top 8 layers cached, argument tokens 10x balanced by 1/sqrt of the intent's count",
-        {"train": {"lora_layers": 8, "argument_loss_weight": 10.0, "call_balance": "sqrt"}},
+        {"train": {"lora_layers": 8, "argument_loss_weight": 10.0, "call_balance": "sqrt", "learning_rate": 1e-3}},
     ),
     "top15": (
         "LoRA on the top 15 of 30 layers, frozen layers cached, argument tokens 3x",
-        {"train": {"lora_layers": 15, "argument_loss_weight": 3.0}},
+        {"train": {"lora_layers": 15, "argument_loss_weight": 3.0, "learning_rate": 1e-3}},
     ),
     "top15-arg10": (
-        "top 15 layers cached, argument tokens 10x (the default on a 30-layer base)",
-        {"train": {"lora_layers": 15, "argument_loss_weight": 10.0}},
+        "top 15 layers cached, argument tokens 10x, learning rate 1e-3 (the default of rounds 2 and 3)",
+        {"train": {"lora_layers": 15, "argument_loss_weight": 10.0, "learning_rate": 1e-3}},
     ),
     "top15-arg10-lr3e-3": (
-        "top 15 layers cached, argument tokens 10x, learning rate 3e-3",
+        "top 15 layers cached, argument tokens 10x, learning rate 3e-3 (the default since round 4)",
         {"train": {"lora_layers": 15, "argument_loss_weight": 10.0, "learning_rate": 3e-3}},
     ),
     "top15-arg10-decision20": (
         "top 15 layers cached, argument tokens 10x, each turn's first token (call or not) 20x",
-        {"train": {"lora_layers": 15, "argument_loss_weight": 10.0, "decision_loss_weight": 20.0}},
+        {
+            "train": {
+                "lora_layers": 15,
+                "argument_loss_weight": 10.0,
+                "decision_loss_weight": 20.0,
+                "learning_rate": 1e-3,
+            }
+        },
+    ),
+    "top15-arg10-lr3e-3-decision10": (
+        "top 15 layers cached, argument tokens 10x, learning rate 3e-3, each turn's first token (call or not) 10x",
+        {
+            "train": {
+                "lora_layers": 15,
+                "argument_loss_weight": 10.0,
+                "learning_rate": 3e-3,
+                "decision_loss_weight": 10.0,
+            }
+        },
     ),
     "top20-arg10": (
         "top 20 layers cached, argument tokens 10x",
-        {"train": {"lora_layers": 20, "argument_loss_weight": 10.0}},
+        {"train": {"lora_layers": 20, "argument_loss_weight": 10.0, "learning_rate": 1e-3}},
     ),
     "weight20": ("every call token weighted 20x", {"train": {"call_loss_weight": 20.0, "argument_loss_weight": 20.0}}),
     "plain": ("no call weighting", {"train": {"call_loss_weight": 1.0}}),
@@ -94,6 +112,7 @@ VARIANTS: dict[str, tuple[str, dict]] = {
     "as-written": ("calls where the scenario writes them", {"data": {"call_order": "as_written"}}),
     "weight6": ("call tokens weighted 6x", {"train": {"call_loss_weight": 6.0}}),
     "lr5e-4": ("learning rate 5e-4", {"train": {"learning_rate": 5e-4}}),
+    "lr1e-3": ("learning rate 1e-3", {"train": {"learning_rate": 1e-3}}),
     "lr2e-3": ("learning rate 2e-3", {"train": {"learning_rate": 2e-3}}),
     "rank64": ("LoRA rank 64 (alpha 128)", {"train": {"lora_r": 64, "lora_alpha": 128}}),
     "epochs4": ("4 epochs", {"train": {"epochs": 4.0}}),
