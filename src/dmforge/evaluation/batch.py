@@ -58,7 +58,6 @@ def batch_replies(
     parallel: int | None = None,
     on_reply: Callable[[], None] | None = None,
     opening_only: bool = False,
-    flash_attention: bool = True,
 ) -> list[list[Reply]]:
     """Replies to every prompt of every conversation; a conversation's prompts are taken in order.
 
@@ -66,14 +65,9 @@ def batch_replies(
     conversation c; each usually extends the one before, which is what the KV cache reuses. With
     `opening_only`, a reply stops (`stop="opening"`) as soon as it begins a line of narration: what it
     has by then are the calls it opens with: 6 tokens where a whole reply averaged 69 (measured).
-
-    The sequences share one KV cache, and plain attention scores every token against every cell of it,
-    the other sequences' included, before the mask drops them. llama.cpp's flash attention skips masked
-    cells: on 405 held-out turns, 4 sequences, 2 cores, 404 s against 623 s for the same replies (401 of
-    405 identical, the rest rounding; every metric equal). `flash_attention=False` is the plain path.
     """
     width = parallel or parallel_for(runtime)
-    decoder = _Decoder(runtime, conversations, decode, grammar, width, on_reply, opening_only, flash_attention)
+    decoder = _Decoder(runtime, conversations, decode, grammar, width, on_reply, opening_only)
     try:
         decoder.run()
     finally:
@@ -85,15 +79,7 @@ class _Decoder:
     """One llama.cpp context with a sequence per slot, stepping every slot's reply one token at a time."""
 
     def __init__(
-        self,
-        runtime: Runtime,
-        conversations,
-        decode: DecodeConfig,
-        grammar,
-        parallel: int,
-        on_reply,
-        opening_only: bool,
-        flash_attention: bool,
+        self, runtime: Runtime, conversations, decode: DecodeConfig, grammar, parallel: int, on_reply, opening_only
     ):
         import llama_cpp as lc
 
@@ -106,7 +92,6 @@ class _Decoder:
         params.n_seq_max = parallel
         params.n_threads = params.n_threads_batch = physical_cores()
         params.defrag_thold = -1.0  # never compact: see `_submit`
-        params.flash_attn = flash_attention
         self.cells, self.parallel = params.n_ctx, parallel
         self.ctx = lc.llama_init_from_model(runtime.llm.model, params)
         if not self.ctx:
