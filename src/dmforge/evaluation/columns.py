@@ -146,9 +146,14 @@ def score_column(
             )
     metrics = aggregate(verdicts, categories)
     if column.opening_only:  # narration was never generated: these would describe a cut reply
-        for key in ("loop_rate", "continuation_consistency", "in_character_rate", "mention_recall"):
+        for key in (
+            "loop_rate",
+            "continuation_consistency",
+            "in_character_rate",
+            "mention_recall",
+            "median_length_ratio",
+        ):
             metrics[key] = None
-        metrics["median_length_ratio"] = None
     run_perplexity = samples and not column.opening_only
     metrics["perplexity"] = perplexity(runtime, samples) if run_perplexity else None
     metrics["mean_reply_tokens"] = sum(d["tokens"] for d in details) / max(1, len(details))
