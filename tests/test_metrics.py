@@ -138,6 +138,32 @@ def test_call_decision_per_category(score):
         "call_decision_accuracy": 0.5,
         "gold_call_share": 1.0,
         "predicted_call_share": 0.5,
+        "missed_calls": 1,
+        "extra_calls": 0,
     }
     assert m["decision_per_category"]["social"]["call_decision_accuracy"] == 1.0
     assert aggregate(verdicts)["decision_per_category"] == {}
+
+
+def test_call_decision_after_a_player_and_after_a_result_are_told_apart(score):
+    hit = "[attack: longsword, target=goblin] => 17, hit"
+    verdicts = [
+        score("[roll: perception]", gold="You see nothing."),  # a roll the action did not need
+        score("[roll: stealth]", gold="[roll: stealth]"),
+        score("Seventeen hits.", gold="[damage: 1d8+3, target=goblin]", tool_results=hit),  # the chain missed
+        score("[damage: 1d8+3, target=goblin]", gold="[damage: 1d8+3, target=goblin]", tool_results=hit),
+        score("It misses.", gold="It misses.", tool_results="[attack: dagger, target=Ana] => 8, miss"),
+    ]
+    moments = aggregate(verdicts)["decision_by_moment"]
+    assert moments["after a player's line"] == {
+        "turns": 2,
+        "call_decision_accuracy": 0.5,
+        "gold_call_share": 0.5,
+        "predicted_call_share": 1.0,
+        "missed_calls": 0,
+        "extra_calls": 1,
+    }
+    after = moments["after a tool result"]
+    assert after["turns"] == 3 and after["missed_calls"] == 1 and after["extra_calls"] == 0
+    assert after["call_decision_accuracy"] == pytest.approx(2 / 3)
+    assert list(aggregate(verdicts[:2])["decision_by_moment"]) == ["after a player's line"], "no result: no row"

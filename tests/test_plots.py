@@ -28,21 +28,26 @@ def test_charts_are_written_without_touching_pyplot_or_its_backend(tmp_path: Pat
         assert (tmp_path / name).read_bytes().startswith(b"\x89PNG")
 
 
-def test_the_report_shows_the_roll_confusion_and_the_decision_per_category(tmp_path: Path, registry):
+def test_the_report_shows_the_roll_confusion_and_the_decision_per_category_and_moment(tmp_path: Path, registry):
     from dmforge.evaluation.metrics import aggregate, score_turn
     from dmforge.evaluation.report import write_reports
 
+    hit = "[attack: club, target=Ana] => 15, hit"
     verdicts = [
         score_turn("[roll: insight]", "[roll: perception]", registry),
         score_turn("[roll: perception]", "[roll: perception]", registry),
         score_turn("Quiet.", "Quiet.", registry),
+        score_turn("Fifteen hits.", "[damage: 1d6, target=Ana]", registry, tool_results=hit),
     ]
-    metrics = aggregate(verdicts, ["exploration", "exploration", "social"])
-    report = {"title": "t", "source": "s", "turns": 3, "models": {"F16": metrics}, "ship": None}
+    metrics = aggregate(verdicts, ["exploration", "exploration", "social", "combat"])
+    report = {"title": "t", "source": "s", "turns": 4, "models": {"F16": metrics}, "ship": None}
     write_reports(tmp_path, report)
     assert (tmp_path / "roll-confusion.png").read_bytes().startswith(b"\x89PNG")
     md = (tmp_path / "report.md").read_text()
     assert "| roll subject right, when both roll | 0.500 |" in md
-    assert "| exploration | 2 | 1.000 | 1.000 | 1.000 |" in md and "| social | 1 | 1.000 | 0.000 | 0.000 |" in md
+    assert "| exploration | 2 | 1.000 | 1.000 | 1.000 | 0 | 0 |" in md
+    assert "| social | 1 | 1.000 | 0.000 | 0.000 | 0 | 0 |" in md
+    assert "| after a player's line | 3 | 1.000 | 0.667 | 0.667 | 0 | 0 |" in md
+    assert "| after a tool result | 1 | 0.000 | 1.000 | 0.000 | 1 | 0 |" in md, "the missed damage is counted"
     page = (tmp_path / "report.html").read_text()
     assert "Which roll, when both roll" in page and "data:image/png;base64," in page

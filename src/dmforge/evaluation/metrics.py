@@ -281,18 +281,39 @@ def where_both_call(verdicts: list[TurnVerdict]) -> dict:
     }
 
 
+def _decision_row(verdicts: list[TurnVerdict]) -> dict:
+    """How one group of turns decides: accuracy, how often each side calls, and the two ways it goes wrong."""
+    return {
+        "turns": len(verdicts),
+        "call_decision_accuracy": _ratio(sum(v.decision_correct for v in verdicts), len(verdicts)),
+        "gold_call_share": _ratio(sum(bool(v.gold_calls) for v in verdicts), len(verdicts)),
+        "predicted_call_share": _ratio(sum(bool(v.predicted_calls) for v in verdicts), len(verdicts)),
+        "missed_calls": sum(bool(v.gold_calls) and not v.predicted_calls for v in verdicts),
+        "extra_calls": sum(bool(v.predicted_calls) and not v.gold_calls for v in verdicts),
+    }
+
+
 def decision_per_category(verdicts: list[TurnVerdict], categories: list[str]) -> dict[str, dict]:
     """Call decision accuracy per scenario category, with how often the gold calls there."""
-    out: dict[str, dict] = {}
-    for category in sorted(set(categories)):
-        mine = [v for v, c in zip(verdicts, categories, strict=True) if c == category]
-        out[category] = {
-            "turns": len(mine),
-            "call_decision_accuracy": _ratio(sum(v.decision_correct for v in mine), len(mine)),
-            "gold_call_share": _ratio(sum(bool(v.gold_calls) for v in mine), len(mine)),
-            "predicted_call_share": _ratio(sum(bool(v.predicted_calls) for v in mine), len(mine)),
-        }
-    return out
+    return {
+        category: _decision_row([v for v, c in zip(verdicts, categories, strict=True) if c == category])
+        for category in sorted(set(categories))
+    }
+
+
+def decision_by_moment(verdicts: list[TurnVerdict]) -> dict[str, dict]:
+    """Call decision after a player's line and after a tool result: two different decisions.
+
+    After a player the question is whether the action needs dice at all; after a result it is what the
+    rules chain to next (a hit to its damage, a failed save to its condition, initiative to the first
+    monster's attack). A model can be good at one and poor at the other, and one figure hides which.
+    """
+    moments = {"after a player's line": False, "after a tool result": True}
+    return {
+        name: _decision_row(mine)
+        for name, after_tool in moments.items()
+        if (mine := [v for v in verdicts if v.after_tool == after_tool])
+    }
 
 
 def aggregate(verdicts: list[TurnVerdict], categories: list[str] | None = None) -> dict:
@@ -346,4 +367,5 @@ def aggregate(verdicts: list[TurnVerdict], categories: list[str] | None = None) 
         "median_length_ratio": lengths[n // 2] if n else None,
         **where_both_call(verdicts),
         "decision_per_category": decision_per_category(verdicts, categories) if categories else {},
+        "decision_by_moment": decision_by_moment(verdicts),
     }

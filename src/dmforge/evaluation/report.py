@@ -107,20 +107,23 @@ def confusion_png(path: Path, confusion: dict[str, dict[str, int]], title: str) 
 
 
 def category_rows(metrics: dict) -> list[list[str]]:
-    """The call decision per scenario category: category, turns, decision, gold and model call shares."""
+    """The call decision per scenario category, then after a player's line and after a tool result."""
+    groups = {**(metrics.get("decision_per_category") or {}), **(metrics.get("decision_by_moment") or {})}
     return [
         [
-            category,
+            name,
             str(row["turns"]),
             _fmt(row["call_decision_accuracy"]),
             _fmt(row["gold_call_share"]),
             _fmt(row["predicted_call_share"]),
+            str(row.get("missed_calls", "–")),
+            str(row.get("extra_calls", "–")),
         ]
-        for category, row in (metrics.get("decision_per_category") or {}).items()
+        for name, row in groups.items()
     ]
 
 
-CATEGORY_HEADERS = ["category", "turns", "decision", "gold calls", "model calls"]
+CATEGORY_HEADERS = ["turns of", "turns", "decision", "gold calls", "model calls", "calls missed", "calls extra"]
 
 
 def _ship_lines(report: dict) -> list[str]:
@@ -155,8 +158,8 @@ def _ship_lines(report: dict) -> list[str]:
 
 
 def write_reports(out: Path, report: dict) -> None:
-    models = report["models"]
     """report.md and report.html (with metrics.png) from report.json's content; registry/runs.py writes the JSON."""
+    models = report["models"]
     out.mkdir(parents=True, exist_ok=True)
     headers, rows = table_rows(report)
     decoding = report.get("decoding", {})
@@ -174,7 +177,7 @@ def write_reports(out: Path, report: dict) -> None:
     focus = shipped if shipped in models else next(iter(models), "")
     categories = category_rows(models.get(focus) or {})
     if categories:
-        md += [f"Call decision per category ({focus}):", "", "| " + " | ".join(CATEGORY_HEADERS) + " |"]
+        md += [f"Call decision per category and moment ({focus}):", "", "| " + " | ".join(CATEGORY_HEADERS) + " |"]
         md += ["|" + "---|" * len(CATEGORY_HEADERS), *("| " + " | ".join(row) + " |" for row in categories), ""]
     confusion = (models.get(focus) or {}).get("roll_confusion") or {}
     if confusion:
@@ -199,7 +202,7 @@ def write_reports(out: Path, report: dict) -> None:
     legend = "".join(f"<li><b>{html.escape(n)}</b>: {html.escape(label)}</li>" for n, label in decoding.items())
     ship = "".join(f"<p>{html.escape(line)}</p>" for line in _ship_lines(report)[:1])
     if categories:
-        ship += f"<h2>Call decision per category ({html.escape(focus)})</h2><table>"
+        ship += f"<h2>Call decision per category and moment ({html.escape(focus)})</h2><table>"
         ship += "<tr>" + "".join(f"<th>{html.escape(h)}</th>" for h in CATEGORY_HEADERS) + "</tr>"
         ship += "".join("<tr>" + "".join(f"<td>{html.escape(c)}</td>" for c in row) + "</tr>" for row in categories)
         ship += "</table>"
