@@ -102,6 +102,32 @@ VARIANTS: dict[str, tuple[str, dict]] = {
             }
         },
     ),
+    "top15-arg10-lr5e-3": (
+        "top 15 layers cached, argument tokens 10x, learning rate 5e-3",
+        {"train": {"lora_layers": 15, "argument_loss_weight": 10.0, "learning_rate": 5e-3}},
+    ),
+    "top15-arg10-lr5e-3-decision10": (
+        "top 15 layers cached, argument tokens 10x, learning rate 5e-3, each turn's first token (call or not) 10x",
+        {
+            "train": {
+                "lora_layers": 15,
+                "argument_loss_weight": 10.0,
+                "learning_rate": 5e-3,
+                "decision_loss_weight": 10.0,
+            }
+        },
+    ),
+    "top15-arg10-lr3e-3-decision20": (
+        "top 15 layers cached, argument tokens 10x, learning rate 3e-3, each turn's first token (call or not) 20x",
+        {
+            "train": {
+                "lora_layers": 15,
+                "argument_loss_weight": 10.0,
+                "learning_rate": 3e-3,
+                "decision_loss_weight": 20.0,
+            }
+        },
+    ),
     "top20-arg10": (
         "top 20 layers cached, argument tokens 10x",
         {"train": {"lora_layers": 20, "argument_loss_weight": 10.0, "learning_rate": 1e-3}},
