@@ -45,6 +45,23 @@ SETTINGS: dict[str, dict] = {
     "penalty 1.1/256 + grammar": {**GREEDY, "penalty_repeat": 1.1, "penalty_last_n": 256, "grammar": "full"},
     "penalty 1.2/64 + grammar": {**GREEDY, "penalty_repeat": 1.2, "penalty_last_n": 64, "grammar": "full"},
     "DRY 0.8 + grammar": {**GREEDY, "dry_multiplier": 0.8, "grammar": "full"},
+    # A short penalty window holds the tool result at the start of a reply, not the echoed call before it,
+    # so the follow-up call's `[`, tool name and target go unpenalised; DRY catches the longer narration
+    # repeats that a 16- or 8-token window no longer sees.
+    "penalty 1.1/16 + DRY 0.8 + grammar": {
+        **GREEDY,
+        "penalty_repeat": 1.1,
+        "penalty_last_n": 16,
+        "dry_multiplier": 0.8,
+        "grammar": "full",
+    },
+    "penalty 1.1/8 + DRY 0.8 + grammar": {
+        **GREEDY,
+        "penalty_repeat": 1.1,
+        "penalty_last_n": 8,
+        "dry_multiplier": 0.8,
+        "grammar": "full",
+    },
     "temp 0.7, top-p 0.9, min-p 0.05, penalty 1.1 + grammar": {
         "temperature": 0.7,
         "top_p": 0.9,
