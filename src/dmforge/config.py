@@ -173,12 +173,12 @@ class TrainConfig(_Section):
     batch_size: int = Field(1, ge=1, description="Sequences per micro-batch (grouped by length, so padding is rare).")
     grad_accum: int = Field(4, ge=1, description="Micro-batches per optimizer step.")
     learning_rate: float = Field(
-        3e-3,
+        5e-3,
         gt=0,
         lt=1,
         description="Peak learning rate (cosine after warmup). LoRA on the top half of a sub-1B base, 4 samples a "
-        "step, 40 minutes: 3e-3 reached held-out intent 0.356 and call decision 0.785 in llama.cpp where 1e-3 "
-        "reached 0.265 and 0.716 (docs/model-quality.md, round 4). A run of one sample per step wants less.",
+        "step, 213 steps: 5e-3 reached held-out intent 0.381 in llama.cpp where 3e-3 reached 0.356 and 1e-3 (at 40 "
+        "minutes) 0.265 (docs/model-quality.md, rounds 4 and 5). A run of one sample per step wants less.",
     )
     warmup_steps: int = Field(5, ge=0)
     weight_decay: float = Field(0.0, ge=0)
