@@ -128,6 +128,17 @@ VARIANTS: dict[str, tuple[str, dict]] = {
             }
         },
     ),
+    "top15-arg10-lr5e-3-quiet10": (
+        "top 15 layers cached, argument tokens 10x, learning rate 5e-3, the opening of a quiet turn after a player 10x",
+        {
+            "train": {
+                "lora_layers": 15,
+                "argument_loss_weight": 10.0,
+                "learning_rate": 5e-3,
+                "quiet_opening_loss_weight": 10.0,
+            }
+        },
+    ),
     "top20-arg10": (
         "top 20 layers cached, argument tokens 10x",
         {"train": {"lora_layers": 20, "argument_loss_weight": 10.0, "learning_rate": 1e-3}},

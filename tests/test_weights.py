@@ -69,6 +69,28 @@ def test_an_unset_decision_weight_is_the_call_weight(smollm2_tokenizer):
     assert {float(row[first]) for first, _ in sample.dm_spans} == {12.0}
 
 
+def test_the_quiet_opening_weight_lands_only_on_turns_that_answer_a_player_without_a_call(smollm2_tokenizer):
+    tok = smollm2_tokenizer
+    messages = [
+        ("system", "S"),
+        ("user", "Ana: I open the door and look around."),
+        ("assistant", "The door swings open on an empty larder."),
+        *MESSAGES[1:],
+    ]
+    conversation = {"id": "y", "messages": [{"role": role, "content": text} for role, text in messages]}
+    (sample,) = conversation_samples(tok, detect_chat_format(tok), conversation, 512)
+    assert sample.after_tool == [False, False, True, True]
+    row = _row(sample)
+    TokenWeights(call=3.0, argument=10.0, decision=5.0, quiet_opening=12.0).fill(row, sample)
+    openings = [float(row[first]) for first, _ in sample.dm_spans]
+    # Quiet after a player: 12. The attack's and the damage's openings: the decision weight. Quiet after the
+    # damage result: the decision weight too, because after a result the model under-calls.
+    assert openings == [12.0, 5.0, 5.0, 5.0]
+    row = _row(sample)
+    token_weights(TrainConfig(quiet_opening_loss_weight=12.0), [sample]).fill(row, sample)
+    assert [float(row[first]) for first, _ in sample.dm_spans] == [12.0, 3.0, 3.0, 3.0]
+
+
 def test_balanced_argument_weights_keep_their_mean_and_favour_rare_intents(smollm2_tokenizer):
     sample = _sample(smollm2_tokenizer)
     frequent = _sample(smollm2_tokenizer)

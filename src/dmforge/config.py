@@ -227,6 +227,15 @@ class TrainConfig(_Section):
         "the decision hangs on one word of the result (`hit` → `[damage]`). 20 at equal minutes: generated call "
         "decision 0.753 against 0.716, intent 0.249 against 0.265 (docs/model-quality.md, round 3).",
     )
+    quiet_opening_loss_weight: float | None = Field(
+        None,
+        ge=1.0,
+        le=50.0,
+        description="Loss weight of the first token of a DM turn that answers a player's line without a call (the "
+        "narration's first word, where a `[` would open a roll). Unset: the decision weight. A round-5 model "
+        "asked for a roll on 37 of the 54 held-out turns after a player's line that the corpus narrates as "
+        "certain, while after a tool result it misses calls instead, so only the player's side gets this weight.",
+    )
     call_balance: Literal["none", "sqrt"] = Field(
         "none",
         description="`sqrt`: scale each call's argument weight by the inverse square root of how often its intent "

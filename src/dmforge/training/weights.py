@@ -10,6 +10,9 @@ So three weights, from light to heavy:
   `call_loss_weight`;
 - each turn's first token, where a calls-first turn decides whether to call at all:
   `decision_loss_weight` (unset: the call weight);
+- the first token of a turn that answers a player's line without a call, where a model trained on a
+  corpus that mostly rolls learns to roll anyway: `quiet_opening_loss_weight` (unset: the decision
+  weight). After a tool result the opposite mistake dominates, so those quiet openings keep theirs;
 - the argument's tokens (the skill, save, weapon or dice right after the tool's name):
   `argument_loss_weight`.
 
@@ -36,6 +39,7 @@ class TokenWeights:
     call: float = 1.0
     argument: float = 1.0
     decision: float | None = None  # None: the call weight
+    quiet_opening: float | None = None  # None: the decision weight; only turns that answer a player
     balance: dict[str, float] = field(default_factory=dict)  # intent → factor on its argument weight
 
     def fill(self, row: torch.Tensor, sample: Sample) -> None:
@@ -52,6 +56,11 @@ class TokenWeights:
         if self.decision is not None and self.decision != self.call:
             for first, _ in sample.dm_spans:
                 row[first] = self.decision
+        if self.quiet_opening is not None:
+            quiet = {first for first, _ in sample.quiet_turns}
+            for (first, _), after_tool in zip(sample.dm_spans, sample.after_tool, strict=True):
+                if first in quiet and not after_tool:
+                    row[first] = self.quiet_opening
 
 
 def intent_balance(samples: list[Sample]) -> dict[str, float]:
@@ -71,5 +80,6 @@ def token_weights(config: TrainConfig, samples: list[Sample]) -> TokenWeights:
         call=config.call_loss_weight,
         argument=config.argument_loss_weight,
         decision=config.decision_loss_weight,
+        quiet_opening=config.quiet_opening_loss_weight,
         balance=balance,
     )
