@@ -3,11 +3,14 @@
 from __future__ import annotations
 
 import itertools
+from pathlib import Path
 
+import pytest
 import torch
+from rich.console import Console
 
 from dmforge.config import TrainConfig
-from dmforge.training.loop import make_optimizer
+from dmforge.training.loop import Plan, _start, make_optimizer
 
 
 def _rates(config: TrainConfig, total_steps: int, seconds_per_step: float, steps: int) -> list[float]:
@@ -40,8 +43,32 @@ def test_a_run_faster_than_forecast_follows_its_steps():
     assert fast == plain
 
 
-def test_a_fixed_number_of_steps_keeps_its_schedule_whatever_the_clock():
-    # max_steps is the user's schedule (and a resumed run must repeat it exactly): the budget only caps it.
-    capped = _rates(TrainConfig(max_minutes=10, max_steps=100, warmup_steps=0), 100, 12.0, 50)
+def test_without_a_clock_the_steps_alone_set_the_schedule():
+    # max_steps the user set is a fixed schedule (and a resumed run must repeat it exactly): no clock is passed.
+    model = torch.nn.Linear(4, 4)
+    optimizer, scheduler = make_optimizer(model, TrainConfig(max_minutes=10, max_steps=100, warmup_steps=0), 100)
     plain = _rates(TrainConfig(max_minutes=None, max_steps=100, warmup_steps=0), 100, 12.0, 50)
-    assert capped == plain
+    rates = []
+    for _ in range(50):
+        optimizer.step()
+        scheduler.step()
+        rates.append(scheduler.get_last_lr()[0])
+    assert rates == plain
+
+
+@pytest.mark.parametrize("timed", [True, False])
+def test_the_loop_reads_the_clock_exactly_when_the_budget_planned_the_steps(tmp_path: Path, timed: bool):
+    """The planner writes its steps into `max_steps`, so the loop cannot tell them from a user's by the config:
+    finetune says so (`steps_from_budget`). A run planned for 100 steps whose budget is spent at step 1 must be
+    at the floor then; a fixed 100-step schedule must not move."""
+    config = TrainConfig(max_minutes=10, max_steps=100, warmup_steps=0, learning_rate=1e-3)
+    model = torch.nn.Linear(4, 4)
+    console = Console(quiet=True)
+    _, optimizer, scheduler, state = _start(
+        model, config, Plan(400, 100), tmp_path / "checkpoints", console, None, timed
+    )
+    state.seconds = 10 * 60
+    optimizer.step()
+    scheduler.step()
+    rate = scheduler.get_last_lr()[0]
+    assert rate == pytest.approx(1e-4) if timed else rate > 9.9e-4

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import math
 import os
 import shutil
 import signal
@@ -216,3 +217,21 @@ def test_a_tiny_budget_is_planned_from_the_preflight_and_the_forecast_holds(tmp_
     assert metrics["steps"] == forecast["steps"] or metrics["train_seconds"] >= 0.75 * 60
     assert 0.5 <= metrics["train_seconds"] / forecast["seconds"] <= 2.0, (metrics["train_seconds"], forecast)
     assert 0.0 <= forecast["busy_share"] <= 1.0
+    # The plan is kept for a resume, and the schedule read the clock: each step's rate is the cosine at
+    # whichever is further along, its steps or the training seconds before it (the planner writes its steps
+    # into max_steps, which once switched the clock off, so a slow run stopped with the rate halfway down).
+    plan = json.loads((result.run_dir / "logs" / "plan.json").read_text())
+    assert plan["max_steps"] == forecast["steps"]
+    rows = [json.loads(line) for line in (result.run_dir / "logs" / "train.jsonl").read_text().splitlines()]
+    steps = [r for r in rows if "lr" in r]
+    total, peak, budget = forecast["steps"], config.train.learning_rate, config.train.max_minutes * 60
+    warmup = min(config.train.warmup_steps, max(total - 1, 0))
+    clock = 0.0
+    for row in steps:
+        if row["step"] < warmup:
+            expected = (row["step"] + 1) / (warmup + 1)
+        else:
+            progress = max((row["step"] - warmup) / max(1, total - warmup), clock / budget)
+            expected = 0.1 + 0.45 * (1 + math.cos(math.pi * min(1.0, progress)))
+        assert row["lr"] == pytest.approx(peak * expected, rel=1e-6), row
+        clock += row["seconds"]

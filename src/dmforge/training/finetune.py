@@ -212,7 +212,7 @@ def _finetune_locked(
     # NEFTune changes the frozen layers' input every step, and Unsloth and DDP run their own forward passes.
     cacheable = world == 1 and not t.neftune_alpha and not use_unsloth(t, hardware)
     cache = frozen_cache(model, t.cache_frozen_layers and cacheable)
-    t, preflight, forecast = _preflight_and_plan(
+    t, preflight, forecast, steps_from_budget = _preflight_and_plan(
         model, data.train, t, hardware, base, tokenizer, run_dir, cache, console, announce
     )
 
@@ -222,7 +222,7 @@ def _finetune_locked(
 
         accelerator = Accelerator()
     announce("train", f"LoRA r={t.lora_r} on {len(data.train)} samples, then merge into the base")
-    state = _train(model, data, t, run_dir, tokenizer, console, accelerator, cache, on_log)
+    state = _train(model, data, t, run_dir, tokenizer, console, accelerator, cache, on_log, steps_from_budget)
 
     # The adapter that ships is the best by held-out call score (or validation loss), not merely the last.
     best = run_dir / "best-adapter.safetensors"
@@ -351,9 +351,12 @@ def _preflight_and_plan(model, train, t, hardware, base, tokenizer, run_dir: Pat
     """Time a few real steps, refuse what cannot fit, and plan the steps that fill the time budget.
 
     Returns the training config with the planned `max_steps`, the preflight report and the forecast
-    (both None when resuming or when `preflight_steps` is 0).
+    (both None when resuming or when `preflight_steps` is 0), and whether the budget planned the steps
+    (None: no plan was made, and the loop decides from the config). The plan is kept in `logs/plan.json`,
+    so a resumed run trains the same steps on the same schedule instead of re-planning from the epochs.
     """
     resuming = (run_dir / "checkpoints").exists()
+    plan_file = run_dir / "logs" / "plan.json"
     announce(
         "preflight",
         "skipped: resuming from the last checkpoint"
@@ -362,8 +365,13 @@ def _preflight_and_plan(model, train, t, hardware, base, tokenizer, run_dir: Pat
         if t.preflight_steps
         else "skipped (train.preflight_steps is 0)",
     )
+    if resuming and plan_file.is_file():
+        planned = read_json(plan_file, f"Delete {plan_file} to resume with the steps of `train.epochs` instead.")
+        return t.model_copy(update={"max_steps": planned["max_steps"]}), None, None, True
+    if not resuming:
+        plan_file.unlink(missing_ok=True)  # an earlier run's plan in this folder is not this run's
     if not t.preflight_steps or resuming:
-        return t, None, None
+        return t, None, None, None
     with console.status("preflight: timing a few real steps…"):
         preflight = run_preflight(model, train, t, hardware, tokenizer.pad_token_id, cache)
     console.print(f"[bold]preflight[/] {preflight.summary()}")
@@ -382,6 +390,10 @@ def _preflight_and_plan(model, train, t, hardware, base, tokenizer, run_dir: Pat
             f"(the recipe's {t.epochs:g} epochs would be {preflight.total_steps} steps)"
         )
         t = t.model_copy(update={"max_steps": fit})
+        write_json(plan_file, {"max_steps": fit, "budget_minutes": t.max_minutes})
+        steps_from_budget = True
+    else:
+        steps_from_budget = False
     planned = make_plan(train, t).total_steps
     forecast = {
         "steps": planned,
@@ -389,10 +401,10 @@ def _preflight_and_plan(model, train, t, hardware, base, tokenizer, run_dir: Pat
         "budget_minutes": t.max_minutes,
         "busy_share": round(preflight.busy_share, 3),
     }
-    return t, preflight, forecast
+    return t, preflight, forecast, steps_from_budget
 
 
-def _train(model, data: RunData, t, run_dir: Path, tokenizer, console, accelerator, cache, on_log):
+def _train(model, data: RunData, t, run_dir: Path, tokenizer, console, accelerator, cache, on_log, steps_from_budget):
     """The training loop, every step's row written to logs/train.jsonl (and shown to `on_log`)."""
     log_path = run_dir / "logs" / "train.jsonl"
     log_path.parent.mkdir(exist_ok=True)
@@ -416,6 +428,7 @@ def _train(model, data: RunData, t, run_dir: Path, tokenizer, console, accelerat
             log=log,
             bracket_ids=bracket_tokens(tokenizer),
             cache=cache,
+            steps_from_budget=steps_from_budget,
         )
 
 

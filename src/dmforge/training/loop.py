@@ -70,17 +70,17 @@ def step_batches(samples: list[Sample], config: TrainConfig, plan: Plan, step: i
 def make_optimizer(model, config: TrainConfig, total_steps: int, clock: Callable[[], float] | None = None):
     """AdamW and its schedule: linear warm-up, then cosine decay to a tenth of the peak rate.
 
-    When a time budget (`max_minutes`, resolved) planned the steps, and with a `clock` (training seconds
-    so far), the decay follows whichever is further along, the steps or the clock: the planned steps come from the
+    With a `clock` (training seconds so far) and a time budget (`max_minutes`, resolved), the decay follows
+    whichever is further along, the steps or the clock: the steps a budget planned come from the
     preflight's forecast, and when the real steps run slower (a busy machine, validation passes), the
-    rate still reaches its floor as the budget ends instead of being cut off halfway down.
+    rate still reaches its floor as the budget ends instead of being cut off halfway down. The caller
+    passes a clock only for steps the budget planned: a `max_steps` the user set is a fixed schedule.
     """
     params = [p for p in model.parameters() if p.requires_grad]
     optimizer = torch.optim.AdamW(params, lr=config.learning_rate, weight_decay=config.weight_decay)
     warmup = min(config.warmup_steps, max(total_steps - 1, 0))
-    # Only when the budget planned the steps: `max_steps` is a fixed schedule, reproducible across a resume.
-    planned = config.max_steps is None and isinstance(config.max_minutes, float | int)
-    budget = config.max_minutes * 60 if planned else None
+    timed = clock is not None and isinstance(config.max_minutes, float | int) and config.max_minutes > 0
+    budget = config.max_minutes * 60 if timed else None
 
     def schedule(step: int) -> float:
         if step < warmup:
@@ -170,18 +170,25 @@ def train_loop(
     log=None,
     bracket_ids: frozenset[int] = frozenset(),
     cache: FrozenCache | None = None,
+    steps_from_budget: bool | None = None,
 ) -> LoopState:
     """Train until `max_steps`/`epochs` or early stopping; resume from the run's latest checkpoint.
 
-    With a `cache`, the frozen lower layers run once per sample (training/frozen.py).
+    With a `cache`, the frozen lower layers run once per sample (training/frozen.py). `steps_from_budget`:
+    the time budget planned `max_steps` (finetune's preflight), so the decay also follows the clock; unset, it
+    does whenever a budget applies and no `max_steps` is set.
     """
     device = next(model.parameters()).device.type
     # `max_minutes: auto` depends on the device; finetune resolves it, but the loop is also called directly.
     config = config.model_copy(update={"max_minutes": config.budget_minutes(device)})
+    if steps_from_budget is None:
+        steps_from_budget = config.max_steps is None and bool(config.max_minutes)
     plan = make_plan(train, config)
     checkpoints = run_dir / "checkpoints"
     best_path = run_dir / "best-adapter.safetensors"
-    model, optimizer, scheduler, state = _start(model, config, plan, checkpoints, console, accelerator)
+    model, optimizer, scheduler, state = _start(
+        model, config, plan, checkpoints, console, accelerator, steps_from_budget
+    )
     if state.stopped_early or state.step >= plan.total_steps:
         return state
 
@@ -240,14 +247,18 @@ def train_loop(
     return state
 
 
-def _start(model, config: TrainConfig, plan: Plan, checkpoints: Path, console: Console, accelerator):
-    """The optimizer and schedule for the planned steps, and the state to go on from (the latest checkpoint's)."""
+def _start(
+    model, config: TrainConfig, plan: Plan, checkpoints: Path, console: Console, accelerator, timed: bool = False
+):
+    """The optimizer and schedule for the planned steps, and the state to go on from (the latest checkpoint's).
+
+    `timed`: the steps were planned from a time budget, so the schedule also reads the training clock."""
     current: list[LoopState] = []  # the state the schedule's clock reads, known once a checkpoint is loaded
 
     def clock() -> float:
         return current[0].seconds if current else 0.0
 
-    optimizer, scheduler = make_optimizer(model, config, plan.total_steps, clock)
+    optimizer, scheduler = make_optimizer(model, config, plan.total_steps, clock if timed else None)
     if accelerator is not None:
         model, optimizer = accelerator.prepare(model, optimizer)
     state = LoopState()
