@@ -121,20 +121,19 @@ RENDERS: dict[str, Callable[[], str]] = {
 # Taken from the output of the code before the refactor (the TypeScript held as Python strings in
 # deploy/tools_ts.py and deploy/typescript.py): the templates reproduced it byte for byte. Changed on purpose
 # since, with the digests re-recorded: dmTools.ts's comment on where the system message is composed
-# (contract/system.py since the app contract moved into one package); every dungeonMasterModel.ts, for the
-# decoding defaults of round 6 (penalty window 16 tokens, DRY 0.8; those two lines and nothing else differ).
+# (contract/system.py since the app contract moved into one package).
 DIGESTS = {
     "dmTools, built-in registry": "4baa84edabf6c61f10f88e9b3541edca9637d75d3c570a1ead50cc40a330c759",
     "dmTools, custom vocabulary and tool": "9393d4b1a8d2eb2d4c74f36d6b17afa82801af135a2deb3206696bb5e6c6622d",
     "dmTools, a non-ASCII tool alone": "4ef92ed3f3de41191b75306b0437620d6903233e9f0489f709bb44ac071d021b",
     "dmTools, no tools": "dbfde6d94bf99bcdfb4a3f4fa57987b9dfe5ac216b9339ee4b921f51eb59e749",
-    "dungeonMasterModel, sample app values": "df56cfa72baab6cb2445baa0e2311d94b15c3f16ba95cd31593f22b339f6f160",
-    "dungeonMasterModel, deployed merged": "4d31af852f2460bf1624bfc28606bf41cf34e42feda92abaa71b6303fab89859",
-    "dungeonMasterModel, deployed adapter": "de03c0e77d321cda297194e0c5db62b74dfe9a16bb3827938928c81e23af5a41",
-    "dungeonMasterModel, lazy grammar": "595db692a5064b677720a3fe8f45ac539659e810667bd093e0fb1300b9ad9dd1",
-    "dungeonMasterModel, no grammar": "ca945ab8ebb048d092ee4a883792ffb003604ab2d1e90a2387cb9b3870912fc0",
-    "dungeonMasterModel, tool results as user text": "5eceed5b216d1418567949c8c82f8e038d53a54a4cf5e1471b9da26ed2493fac",
-    "dungeonMasterModel, only the window's values": "9a349dce35d801615b76024c2e5f239922d3ff7f353a84847532eb7e5a2309f5",
+    "dungeonMasterModel, sample app values": "2a4bb0f2b26ab28850e5146f77427842c5f2676720686d5c5676764058d9adfc",
+    "dungeonMasterModel, deployed merged": "9726a872475fcb41caabaea34e96ca99adfec5b7204959e0de2589bf8d8cd603",
+    "dungeonMasterModel, deployed adapter": "74e7f28b01aa812880ffcc8d8cfc4de3868016ac1b83ea142a6ed8d996c4efdf",
+    "dungeonMasterModel, lazy grammar": "e52559eac5b6985bea67fc93b81324777fadad77b8f48dd996270249bc3378f2",
+    "dungeonMasterModel, no grammar": "00f36e1ed5917f83b29bae737a6556c44de4fc13544c6b4e6fa6858b83685df4",
+    "dungeonMasterModel, tool results as user text": "c138ba566441af6d4210b48aeb0d40f46b022658c873bad76f7d932b2e0a102b",
+    "dungeonMasterModel, only the window's values": "77be6093f715cee56038321fafd5f3ed3929aabe84d9b1131d8f0330920c3a6d",
 }
 
 

@@ -316,22 +316,10 @@ class DecodeConfig(_Section):
     top_p: float = Field(0.95, gt=0.0, le=1.0)
     min_p: float = Field(0.05, ge=0.0, lt=1.0)
     penalty_repeat: float = Field(1.1, ge=1.0, le=2.0, description="Repetition penalty (1.0 = off).")
-    penalty_last_n: int = Field(
-        16,
-        ge=0,
-        description="Tokens the repetition penalty looks back over. Cactus counts the prompt's last tokens too: at "
-        "the start of a reply 16 cover little more than the tool result, so the call it echoes no longer weighs on "
-        "the follow-up call (64 did), while a call line repeated inside the reply is still caught "
-        "(docs/model-quality.md, Decoding).",
-    )
+    penalty_last_n: int = Field(64, ge=0, description="Tokens the repetition penalty looks back over.")
     penalty_freq: float = Field(0.0, ge=0.0)
     penalty_present: float = Field(0.0, ge=0.0)
-    dry_multiplier: float = Field(
-        0.8,
-        ge=0.0,
-        description="DRY repetition sampler strength (0 = off): it stops the repeated narration that a 16-token "
-        "penalty window no longer sees, and its sequence breakers leave repeated call syntax alone.",
-    )
+    dry_multiplier: float = Field(0.0, ge=0.0, description="DRY repetition sampler strength (0 = off).")
     dry_base: float = Field(1.75, ge=1.0)
     dry_allowed_length: int = Field(2, ge=1)
     dry_penalty_last_n: int = Field(-1, ge=-1)
