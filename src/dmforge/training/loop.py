@@ -175,14 +175,11 @@ def train_loop(
     """Train until `max_steps`/`epochs` or early stopping; resume from the run's latest checkpoint.
 
     With a `cache`, the frozen lower layers run once per sample (training/frozen.py). `steps_from_budget`:
-    the time budget planned `max_steps` (finetune's preflight), so the decay also follows the clock; unset, it
-    does whenever a budget applies and no `max_steps` is set.
+    the time budget planned `max_steps`, so the decay also reads the clock (`_start`).
     """
     device = next(model.parameters()).device.type
     # `max_minutes: auto` depends on the device; finetune resolves it, but the loop is also called directly.
     config = config.model_copy(update={"max_minutes": config.budget_minutes(device)})
-    if steps_from_budget is None:
-        steps_from_budget = config.max_steps is None and bool(config.max_minutes)
     plan = make_plan(train, config)
     checkpoints = run_dir / "checkpoints"
     best_path = run_dir / "best-adapter.safetensors"
@@ -205,12 +202,6 @@ def train_loop(
     step_rng = None  # the random state at the start of the step in progress; None between steps
     committing = False  # inside the block that applies a step, where a hard stop leaves no whole state
 
-    def hold_notice() -> None:
-        console.print(
-            f"[yellow]Stopping after step {state.step + 1}[/] is applied, validated and saved "
-            "(press Ctrl-C again to stop at once and resume from the last checkpoint)."
-        )
-
     try:
         with progress:
             while state.step < plan.total_steps:
@@ -221,7 +212,7 @@ def train_loop(
                 # From the optimizer step to the checkpoint, a stop is held: weights that moved while the
                 # counters did not would resume into a different run than the one that was stopped.
                 committing = True
-                with deferred(hold_notice):
+                with deferred(lambda: _say_held(console, state)):
                     _apply_step(optimizer, scheduler, trainable, config.max_grad_norm, step_loss, state.step)
                     tps = _count_step(state, micro_batches, step_loss, time.monotonic() - started, scheduler, log)
                     last = state.step >= plan.total_steps
@@ -247,12 +238,22 @@ def train_loop(
     return state
 
 
+def _say_held(console: Console, state: LoopState) -> None:
+    console.print(
+        f"[yellow]Stopping after step {state.step + 1}[/] is applied, validated and saved "
+        "(press Ctrl-C again to stop at once and resume from the last checkpoint)."
+    )
+
+
 def _start(
-    model, config: TrainConfig, plan: Plan, checkpoints: Path, console: Console, accelerator, timed: bool = False
+    model, config: TrainConfig, plan: Plan, checkpoints: Path, console: Console, accelerator, timed: bool | None = None
 ):
     """The optimizer and schedule for the planned steps, and the state to go on from (the latest checkpoint's).
 
-    `timed`: the steps were planned from a time budget, so the schedule also reads the training clock."""
+    `timed`: the steps were planned from a time budget, so the schedule also reads the training clock; None
+    (a direct call): whenever a budget applies and no `max_steps` is set."""
+    if timed is None:
+        timed = config.max_steps is None and bool(config.max_minutes)
     current: list[LoopState] = []  # the state the schedule's clock reads, known once a checkpoint is loaded
 
     def clock() -> float:
