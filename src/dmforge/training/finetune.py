@@ -365,7 +365,7 @@ def _preflight_and_plan(model, train, t, hardware, base, tokenizer, run_dir: Pat
         if t.preflight_steps
         else "skipped (train.preflight_steps is 0)",
     )
-    if resuming and plan_file.is_file():
+    if resuming and plan_file.is_file() and not t.max_steps:  # a max_steps given now is the user's schedule
         planned = read_json(plan_file, f"Delete {plan_file} to resume with the steps of `train.epochs` instead.")
         return t.model_copy(update={"max_steps": planned["max_steps"]}), None, None, True
     if not resuming:
