@@ -139,6 +139,10 @@ VARIANTS: dict[str, tuple[str, dict]] = {
             }
         },
     ),
+    "gemma3-270m": (
+        "the default recipe on Gemma 3 270M (a base model; its top 9 of 18 layers adapted, the 50% default)",
+        {"model": {"base": "gemma3-270m"}},
+    ),
     "top20-arg10": (
         "top 20 layers cached, argument tokens 10x",
         {"train": {"lora_layers": 20, "argument_loss_weight": 10.0, "learning_rate": 1e-3}},
@@ -184,8 +188,10 @@ def train_variant(
     config = load_config(None, _merge(overrides, extra))
     if minutes:  # finetune plans the steps to fit from the preflight's measured speed
         config.train.max_minutes = minutes
-    if steps:  # a fixed number of optimizer steps compares recipes whatever else the machine is doing
+    if steps:  # a fixed number of optimizer steps compares recipes whatever else the machine is doing,
+        # so no time budget may cut it short (the CPU's `auto` budget would, on a busy machine)
         config.train.max_steps = steps
+        config.train.max_minutes = minutes or None
     result = finetune(config, registry, console)
     m = result.metrics
     best = next((calls for step, calls in m["val_calls"] if step == m["best_step"]), {})
