@@ -34,7 +34,7 @@ def measure(run: Path, turns: int | None) -> dict:
     from dmforge.export.adapter import export_adapter
     from dmforge.export.verify import probe_prompts
     from dmforge.registry.runs import read_export, read_manifest
-    from dmforge.tools.grammar import registry_grammar
+    from dmforge.tools.grammar import decode_grammar
     from dmforge.tools.registry import load_registry
 
     config = load_config(run / "config.yaml")
@@ -51,7 +51,7 @@ def measure(run: Path, turns: int | None) -> dict:
         prompts = probe_prompts(tokenizer, [template_messages(PROBE_CONVERSATION, ChatFormat(**manifest.chat_format))])
         adapter = export_adapter(run, Path(manifest.base.path), f16, prompts)
     setup = load_setup(run, config, registry, max_turns=turns)
-    grammar = registry_grammar(registry, lazy=config.decode.grammar == "lazy")
+    grammar = decode_grammar(registry, config.decode)
     columns = {
         "merged F16": Column("merged F16", "F16", f16, config.decode, grammar),
         "base + adapter": Column(

@@ -30,7 +30,7 @@ from dmforge.evaluation.run import load_setup  # noqa: E402
 from dmforge.evaluation.runtime import Runtime  # noqa: E402
 from dmforge.export.ship import shipped  # noqa: E402
 from dmforge.files import write_json, write_text  # noqa: E402
-from dmforge.tools.grammar import registry_grammar  # noqa: E402
+from dmforge.tools.grammar import decode_grammar  # noqa: E402
 from dmforge.tools.registry import load_registry  # noqa: E402
 
 KEYS = CALL_METRICS
@@ -55,7 +55,7 @@ def main() -> None:
     console = Console(stderr=True)
     config = load_config(args.run / "config.yaml")
     registry = load_registry(config.data.tool_registry)
-    grammar = registry_grammar(registry, lazy=config.decode.grammar == "lazy")
+    grammar = decode_grammar(registry, config.decode)
     store = args.run / "bench" / "context.json"
     results = json.loads(store.read_text()) if store.is_file() else {}
     trained = None

@@ -64,6 +64,25 @@ SETTINGS: dict[str, dict] = {
         "dry_multiplier": 0.8,
         "grammar": "full",
     },
+    # Round 6's two loops under a 16-token window, each closed: a call line longer than the window repeats
+    # (the grammar's bound on calls per reply ends it; the corpus never makes more than 4) and a quoted
+    # phrase repeats (`"` and `*` are no longer DRY sequence breakers, so DRY matches across them).
+    "penalty 1.1/16 + DRY 0.8 across quotes + grammar, at most 4 calls": {
+        **GREEDY,
+        "penalty_repeat": 1.1,
+        "penalty_last_n": 16,
+        "dry_multiplier": 0.8,
+        "dry_sequence_breakers": ["\n", ":", "[", "]", ",", "="],
+        "max_calls": 4,
+        "grammar": "full",
+    },
+    "DRY 0.8 across quotes + grammar, at most 4 calls": {
+        **GREEDY,
+        "dry_multiplier": 0.8,
+        "dry_sequence_breakers": ["\n", ":", "[", "]", ",", "="],
+        "max_calls": 4,
+        "grammar": "full",
+    },
     "temp 0.7, top-p 0.9, min-p 0.05, penalty 1.1 + grammar": {
         "temperature": 0.7,
         "top_p": 0.9,

@@ -36,7 +36,7 @@ from dmforge.evaluation.runtime import GREEDY  # noqa: E402
 from dmforge.evaluation.turns import eval_turns  # noqa: E402
 from dmforge.export.convert import convert_to_gguf  # noqa: E402
 from dmforge.files import write_json, write_text  # noqa: E402
-from dmforge.tools.grammar import registry_grammar  # noqa: E402
+from dmforge.tools.grammar import decode_grammar  # noqa: E402
 from dmforge.tools.registry import load_registry  # noqa: E402
 from dmforge.training.finetune import finetune  # noqa: E402
 
@@ -229,7 +229,7 @@ def score_variant(row: dict, root: Path, with_greedy: bool, screen: bool = False
     n_ctx, reply = config.train.max_seq_len, config.decode.n_predict
     turns = eval_turns(conversations, fmt, tokenizer, n_ctx, reply)
     samples = [] if screen else perplexity_samples(build_samples(tokenizer, fmt, conversations, n_ctx, reply))
-    grammar = registry_grammar(registry, lazy=config.decode.grammar == "lazy")
+    grammar = decode_grammar(registry, config.decode)
     column = Column("F16", "F16", gguf, config.decode, grammar, opening_only=screen)
     app = score_column(column, turns, registry, n_ctx, samples)
     write_json(run_dir / "sweep-details.json", app["details"])

@@ -82,3 +82,19 @@ def test_constrained_generation_writes_only_valid_calls(runtime, grammar):
     reply = runtime.reply(messages, DecodeConfig(n_predict=96), forced)
     _, brackets, valid, problems = reply_brackets(reply.text, load_registry())
     assert reply.stop == "end" and brackets == valid == 1, (reply.text, problems)
+
+
+@pytest.mark.parametrize("lazy", [False, True], ids=["full", "lazy"])
+def test_max_calls_ends_a_repeated_call_line_in_llama_cpp(runtime, lazy):
+    """`decode.max_calls` is what a short penalty window relies on against a call line the model repeats."""
+    from dmforge.tools.grammar import decode_grammar
+
+    decode = DecodeConfig(max_calls=2, grammar="lazy" if lazy else "full")
+    bounded = decode_grammar(load_registry(), decode)
+    two = "[roll: stealth]\n[roll: perception] You look around."
+    assert grammar_accepts(runtime, bounded, two)
+    assert not grammar_accepts(runtime, bounded, two.replace("\n", "\n[roll: stealth]\n", 1))
+    if not lazy:
+        assert grammar_accepts(runtime, bounded, "No call at all.")
+    unbounded = decode_grammar(load_registry(), decode.model_copy(update={"max_calls": None}))
+    assert grammar_accepts(runtime, unbounded, "\n".join(["[roll: stealth]"] * 6))

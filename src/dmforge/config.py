@@ -328,6 +328,13 @@ class DecodeConfig(_Section):
         description="Where DRY stops matching; the call syntax's characters keep repeated calls legal.",
     )
     seed: int = Field(42, description="Sampling seed; the same seed gives the same reply.")
+    max_calls: int | None = Field(
+        None,
+        ge=1,
+        description="Most tool calls in one reply: the grammar allows no `[` after this many, so a call line "
+        "repeated on and on ends (with a short penalty window, a long call's first tokens leave the window before "
+        "it repeats). The sample corpus never makes more than 4. Null: no bound. Needs `grammar`.",
+    )
     grammar: Literal["full", "lazy", "off"] = Field(
         "full",
         description="Constrain every `[` to a well-formed call to a registered tool (a GBNF grammar made from the "

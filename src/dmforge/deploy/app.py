@@ -32,7 +32,7 @@ from dmforge.export.ship import forced_quant, shipped, shipped_column
 from dmforge.models.resolve import sha256_file
 from dmforge.registry.runs import ExportReport, read_eval, read_export
 from dmforge.registry.versions import Version, load_versions, mark_deployed, register
-from dmforge.tools.grammar import LAZY_TRIGGER, registry_grammar
+from dmforge.tools.grammar import LAZY_TRIGGER, decode_grammar
 from dmforge.tools.registry import Registry
 
 MODELS_DIR = Path("assets") / "models"
@@ -76,7 +76,7 @@ def completion_params(decode: DecodeConfig, stop: list[str], registry: Registry)
         "seed": decode.seed,
     }
     if decode.grammar != "off":
-        params["grammar"] = registry_grammar(registry, lazy=decode.grammar == "lazy")
+        params["grammar"] = decode_grammar(registry, decode)
         params["grammar_lazy"] = decode.grammar == "lazy"
         if decode.grammar == "lazy":
             # A pattern trigger (type 2 in Cactus 0.2's llama.cpp): a word trigger that is one token must also

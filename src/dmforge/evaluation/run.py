@@ -56,7 +56,7 @@ from dmforge.registry.runs import (
 )
 from dmforge.scenarios import check_paths
 from dmforge.scenarios.model import Header
-from dmforge.tools.grammar import decode_grammar, registry_grammar
+from dmforge.tools.grammar import decode_grammar
 from dmforge.tools.registry import Registry
 
 
@@ -244,7 +244,7 @@ def _score_columns(run, columns: dict, setup: EvalSetup, config: DmforgeConfig, 
     from dmforge.export.convert import base_gguf
 
     decode, files, export = config.decode, setup.files, setup.export
-    grammar = registry_grammar(registry, lazy=decode.grammar == "lazy")
+    grammar = decode_grammar(registry, decode)
     run(Column("base", "base", base_gguf(Path(setup.manifest.base.path)), decode, grammar))
     f16 = run(Column("F16", "F16", files["F16"], decode, grammar))
     if config.deploy.mode == "adapter" and export.adapter is not None:

@@ -122,12 +122,17 @@ def _tool_rule(name: str, spec: ToolSpec) -> str:
     return f"{_literal(name)} ({' | '.join(lists)}){optional}"
 
 
-def registry_grammar(registry: Registry, lazy: bool = False) -> str:
-    """GBNF for a DM reply under `registry`: narration with calls (or, `lazy`, the text from the first `[`)."""
+def registry_grammar(registry: Registry, lazy: bool = False, max_calls: int | None = None) -> str:
+    """GBNF for a DM reply under `registry`: narration with calls (or, `lazy`, the text from the first `[`).
+
+    `max_calls` bounds the calls in one reply (GBNF's `{0,n}` repetition, in llama.cpp since mid-2024)."""
+    if max_calls is not None and max_calls < 1:
+        raise ValueError("max_calls must be at least 1")
+    more = "*" if max_calls is None else f"{{0,{max_calls - 1 if lazy else max_calls}}}"
     lines = [
         "# dmforge: DM replies whose every bracket is a call to a registered tool. Generated from the tool",
         "# registry; regenerate it rather than editing it.",
-        "root ::= " + ("call text (call text)*" if lazy else "text (call text)*"),
+        "root ::= " + (f"call text (call text){more}" if lazy else f"text (call text){more}"),
         "text ::= [^\\[\\]]*",
         'call ::= "[" (' + " | ".join(f"tool-{_rule_name(n)}" for n in sorted(registry.tools)) + ') "]"',
     ]
@@ -146,7 +151,9 @@ def registry_grammar(registry: Registry, lazy: bool = False) -> str:
 
 def decode_grammar(registry: Registry, decode) -> str | None:
     """The grammar a decoding config (`decode.grammar`: full, lazy or off) sends with each completion."""
-    return None if decode.grammar == "off" else registry_grammar(registry, lazy=decode.grammar == "lazy")
+    if decode.grammar == "off":
+        return None
+    return registry_grammar(registry, lazy=decode.grammar == "lazy", max_calls=decode.max_calls)
 
 
 # What a lazy grammar wakes on: a pattern trigger `\[` (Cactus: `grammar_triggers` type 2), which llama.cpp's
