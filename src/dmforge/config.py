@@ -234,7 +234,8 @@ class TrainConfig(_Section):
         description="Loss weight of the first token of a DM turn that answers a player's line without a call (the "
         "narration's first word, where a `[` would open a roll). Unset: the decision weight. A round-5 model "
         "asked for a roll on 37 of the 54 held-out turns after a player's line that the corpus narrates as "
-        "certain, while after a tool result it misses calls instead, so only the player's side gets this weight.",
+        "certain, while after a tool result it misses calls instead, so only the player's side gets this weight. "
+        "At 10 it traded 7 of those rolls for 12 missed ones (docs/model-quality.md, round 7), so it is unset.",
     )
     call_balance: Literal["none", "sqrt"] = Field(
         "none",
