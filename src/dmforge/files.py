@@ -32,14 +32,19 @@ def _umask() -> int:
 
 
 def write_text(path: Path, text: str) -> None:
-    """Write a text file atomically: a file of its own beside `path` (see `partial_path`), then a rename."""
+    """Write a text file atomically (UTF-8): see `write_bytes`."""
+    write_bytes(path, text.encode("utf-8"))
+
+
+def write_bytes(path: Path, data: bytes) -> None:
+    """Write a file atomically: a file of its own beside `path` (see `partial_path`), then a rename."""
     path = Path(path)
     try:
         path.parent.mkdir(parents=True, exist_ok=True)
         tmp = partial_path(path)
         try:
-            with open(tmp, "x", encoding="utf-8") as handle:  # "x": never write into another writer's file
-                handle.write(text)
+            with open(tmp, "xb") as handle:  # "x": never write into another writer's file
+                handle.write(data)
                 handle.flush()
                 os.fsync(handle.fileno())
             os.replace(tmp, path)

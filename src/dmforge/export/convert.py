@@ -8,6 +8,8 @@ differs in two ways that would break the app silently:
 - the chat template is saved in `chat_template.jinja`; the converter embeds only the one in
   `tokenizer_config.json`, so the GGUF would carry no template and the app would format turns
   with a generic one. A staging copy of the folder gets it in `tokenizer_config.json`.
+And a Gemma base that came as a GGUF file has no `tokenizer.model`, the only place this converter
+reads Gemma's vocabulary from: the staging copy gets one rebuilt from the base GGUF (export/vocab.py).
 The verification after export checks both, so a regression here cannot pass unnoticed.
 """
 
@@ -22,6 +24,7 @@ from pathlib import Path
 
 from dmforge.errors import DmforgeError
 from dmforge.export.converter import converter_dir, converter_script
+from dmforge.export.vocab import needs_sentencepiece, vocabulary_gguf, write_sentencepiece_model
 from dmforge.files import partial_path, write_text
 
 
@@ -48,6 +51,14 @@ def stage_for_converter(model_dir: Path, stage: Path) -> None:
     if template_file.is_file() and not tokenizer_config.get("chat_template"):
         tokenizer_config["chat_template"] = template_file.read_text()
     (stage / "tokenizer_config.json").write_text(json.dumps(tokenizer_config, indent=2, ensure_ascii=False))
+    if needs_sentencepiece(config) and not (model_dir / "tokenizer.model").is_file():
+        source = vocabulary_gguf(model_dir)
+        if source is None:
+            raise DmforgeError(
+                f"{model_dir} has no tokenizer.model, and llama.cpp's converter reads this architecture's "
+                "vocabulary only from one. Copy the base model's tokenizer.model into the folder, then export again."
+            )
+        write_sentencepiece_model(source, stage / "tokenizer.model")
 
 
 _KNOWN_FAILURES = {

@@ -25,6 +25,9 @@ from dmforge.models.catalog import CACTUS_ARCHITECTURES, Preset, load_catalog
 from dmforge.models.templates import SUPPLIED_TEMPLATES
 
 PICKLE_SUFFIXES = (".bin", ".pt", ".pth", ".ckpt", ".pkl")
+# Beside weights that came from a GGUF file: which file ({"gguf": path, "sha256": ...}). The merge copies it, so
+# the export can rebuild what such weights lack (export/vocab.py).
+SOURCE_RECORD = "dmforge-source.json"
 
 
 @dataclass(frozen=True)
@@ -166,7 +169,7 @@ def dequantize_gguf(gguf: Path, template: str | None = None) -> Path:
     with staged_dir(target, replace_unmarked=True) as stage:
         model.save_pretrained(stage, safe_serialization=True)
         tokenizer.save_pretrained(stage)
-        (stage / "dmforge-source.json").write_text(json.dumps({"gguf": str(gguf), "sha256": digest}, indent=2))
+        (stage / SOURCE_RECORD).write_text(json.dumps({"gguf": str(gguf), "sha256": digest}, indent=2))
     return target
 
 

@@ -9,8 +9,10 @@ import torch
 
 from dmforge.config import TrainConfig
 from dmforge.errors import DmforgeError
+from dmforge.files import write_text
 from dmforge.models.hardware import Hardware
 from dmforge.models.load import load_model
+from dmforge.models.resolve import SOURCE_RECORD
 
 
 def use_unsloth(config: TrainConfig, hardware: Hardware) -> bool:
@@ -98,3 +100,6 @@ def merge_adapter(base_path: Path, adapter_dir: Path, out: Path, tokenizer) -> N
     merged = PeftModel.from_pretrained(base, adapter_dir).merge_and_unload()
     merged.save_pretrained(out, safe_serialization=True)
     tokenizer.save_pretrained(out)
+    record = Path(base_path) / SOURCE_RECORD
+    if record.is_file():  # weights that came from a GGUF: the export rebuilds some vocabularies from it
+        write_text(out / SOURCE_RECORD, record.read_text())
