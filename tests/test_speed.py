@@ -9,6 +9,7 @@
 
 from __future__ import annotations
 
+import ctypes
 import json
 import subprocess
 import sys
@@ -146,8 +147,24 @@ def _grammar_first_reply(runtime, messages, decode, grammar: str) -> str:
     lc.llama_sampler_chain_add(chain, lc.llama_sampler_init_grammar(runtime.vocab, grammar.encode(), b"root"))
     penalties = lc.llama_sampler_init_penalties(decode.penalty_last_n, decode.penalty_repeat, 0.0, 0.0)
     lc.llama_sampler_chain_add(chain, penalties)
-    for token in ids:
-        lc.llama_sampler_accept(penalties, token)
+    history = [penalties]
+    if decode.dry_multiplier > 0:  # the default decoding has DRY after the penalties, as llama.cpp orders them
+        breakers = [b.encode() for b in decode.dry_sequence_breakers]
+        dry = lc.llama_sampler_init_dry(
+            runtime.vocab,
+            runtime.llm._model.n_ctx_train(),
+            decode.dry_multiplier,
+            decode.dry_base,
+            decode.dry_allowed_length,
+            decode.dry_penalty_last_n,
+            (ctypes.c_char_p * len(breakers))(*breakers),
+            len(breakers),
+        )
+        lc.llama_sampler_chain_add(chain, dry)
+        history.append(dry)
+    for sampler in history:
+        for token in ids:
+            lc.llama_sampler_accept(sampler, token)
     lc.llama_sampler_chain_add(chain, lc.llama_sampler_init_top_k(decode.top_k))
     lc.llama_sampler_chain_add(chain, lc.llama_sampler_init_top_p(decode.top_p, 1))
     lc.llama_sampler_chain_add(chain, lc.llama_sampler_init_min_p(decode.min_p, 1))

@@ -121,19 +121,20 @@ RENDERS: dict[str, Callable[[], str]] = {
 # Taken from the output of the code before the refactor (the TypeScript held as Python strings in
 # deploy/tools_ts.py and deploy/typescript.py): the templates reproduced it byte for byte. Changed on purpose
 # since, with the digests re-recorded: dmTools.ts's comment on where the system message is composed
-# (contract/system.py since the app contract moved into one package).
+# (contract/system.py since the app contract moved into one package); the decoding of round 7 (a 16-token
+# penalty window with DRY across quotes, and the grammar's bound of 4 calls per reply).
 DIGESTS = {
     "dmTools, built-in registry": "4baa84edabf6c61f10f88e9b3541edca9637d75d3c570a1ead50cc40a330c759",
     "dmTools, custom vocabulary and tool": "9393d4b1a8d2eb2d4c74f36d6b17afa82801af135a2deb3206696bb5e6c6622d",
     "dmTools, a non-ASCII tool alone": "4ef92ed3f3de41191b75306b0437620d6903233e9f0489f709bb44ac071d021b",
     "dmTools, no tools": "dbfde6d94bf99bcdfb4a3f4fa57987b9dfe5ac216b9339ee4b921f51eb59e749",
-    "dungeonMasterModel, sample app values": "2a4bb0f2b26ab28850e5146f77427842c5f2676720686d5c5676764058d9adfc",
-    "dungeonMasterModel, deployed merged": "9726a872475fcb41caabaea34e96ca99adfec5b7204959e0de2589bf8d8cd603",
-    "dungeonMasterModel, deployed adapter": "74e7f28b01aa812880ffcc8d8cfc4de3868016ac1b83ea142a6ed8d996c4efdf",
-    "dungeonMasterModel, lazy grammar": "e52559eac5b6985bea67fc93b81324777fadad77b8f48dd996270249bc3378f2",
-    "dungeonMasterModel, no grammar": "00f36e1ed5917f83b29bae737a6556c44de4fc13544c6b4e6fa6858b83685df4",
-    "dungeonMasterModel, tool results as user text": "c138ba566441af6d4210b48aeb0d40f46b022658c873bad76f7d932b2e0a102b",
-    "dungeonMasterModel, only the window's values": "77be6093f715cee56038321fafd5f3ed3929aabe84d9b1131d8f0330920c3a6d",
+    "dungeonMasterModel, sample app values": "873063600d9eb8351dbbe20025fb37e09651334675fbeaa805cd8e36070c1809",
+    "dungeonMasterModel, deployed merged": "4955d079774bc5d44de9d9e89e2c661fa085bc7d897f10ad1ca9bba0a83a3b83",
+    "dungeonMasterModel, deployed adapter": "b1b9636ad790997d73166a90b46b0fbd9a8a7f67aa7adf87944b6bb07c359b62",
+    "dungeonMasterModel, lazy grammar": "9ede8792d4e83c7233720da7bc959fdd5efcd7767c5c58c01c09c9e1324e4d25",
+    "dungeonMasterModel, no grammar": "37a05af7d2e79477a41d9d9a49d6c43fb5b76f45e81181a426a9f0e93a8b3ede",
+    "dungeonMasterModel, tool results as user text": "2faa06679f95890d953c78a561612a11f59c9f5542c689302e483c09b993ce15",
+    "dungeonMasterModel, only the window's values": "df5537b4f9d2b70958e04a36523a44482fd59bee9c6f42e146bce7f37dc632bc",
 }
 
 

@@ -317,20 +317,27 @@ class DecodeConfig(_Section):
     top_p: float = Field(0.95, gt=0.0, le=1.0)
     min_p: float = Field(0.05, ge=0.0, lt=1.0)
     penalty_repeat: float = Field(1.1, ge=1.0, le=2.0, description="Repetition penalty (1.0 = off).")
-    penalty_last_n: int = Field(64, ge=0, description="Tokens the repetition penalty looks back over.")
+    penalty_last_n: int = Field(
+        16,
+        ge=0,
+        description="Tokens the repetition penalty looks back over. Short, so that after a tool result the echoed "
+        "call in the prompt is outside it and the follow-up call goes unpenalised; DRY and `max_calls` catch the "
+        "longer repeats (docs/model-quality.md, Decoding).",
+    )
     penalty_freq: float = Field(0.0, ge=0.0)
     penalty_present: float = Field(0.0, ge=0.0)
-    dry_multiplier: float = Field(0.0, ge=0.0, description="DRY repetition sampler strength (0 = off).")
+    dry_multiplier: float = Field(0.8, ge=0.0, description="DRY repetition sampler strength (0 = off).")
     dry_base: float = Field(1.75, ge=1.0)
     dry_allowed_length: int = Field(2, ge=1)
     dry_penalty_last_n: int = Field(-1, ge=-1)
     dry_sequence_breakers: list[str] = Field(
-        ["\n", ":", '"', "*", "[", "]", ",", "="],
-        description="Where DRY stops matching; the call syntax's characters keep repeated calls legal.",
+        ["\n", ":", "[", "]", ",", "="],
+        description="Where DRY stops matching; the call syntax's characters keep repeated calls legal. Not `\"` or "
+        "`*`: a loop of a quoted phrase must stay visible to DRY.",
     )
     seed: int = Field(42, description="Sampling seed; the same seed gives the same reply.")
     max_calls: int | None = Field(
-        None,
+        4,
         ge=1,
         description="Most tool calls in one reply: the grammar allows no `[` after this many, so a call line "
         "repeated on and on ends (with a short penalty window, a long call's first tokens leave the window before "
