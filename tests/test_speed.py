@@ -9,7 +9,6 @@
 
 from __future__ import annotations
 
-import ctypes
 import json
 import subprocess
 import sys
@@ -141,6 +140,8 @@ def _grammar_first_reply(runtime, messages, decode, grammar: str) -> str:
     """The reference: the grammar as the chain's first link, filtering the whole vocabulary at every step."""
     import llama_cpp as lc
 
+    from dmforge.evaluation.runtime import dry_sampler
+
     ids = runtime.prompt_ids(messages)
     runtime._load(ids)
     chain = lc.llama_sampler_chain_init(lc.llama_sampler_chain_default_params())
@@ -149,17 +150,7 @@ def _grammar_first_reply(runtime, messages, decode, grammar: str) -> str:
     lc.llama_sampler_chain_add(chain, penalties)
     history = [penalties]
     if decode.dry_multiplier > 0:  # the default decoding has DRY after the penalties, as llama.cpp orders them
-        breakers = [b.encode() for b in decode.dry_sequence_breakers]
-        dry = lc.llama_sampler_init_dry(
-            runtime.vocab,
-            runtime.llm._model.n_ctx_train(),
-            decode.dry_multiplier,
-            decode.dry_base,
-            decode.dry_allowed_length,
-            decode.dry_penalty_last_n,
-            (ctypes.c_char_p * len(breakers))(*breakers),
-            len(breakers),
-        )
+        dry = dry_sampler(runtime, decode)
         lc.llama_sampler_chain_add(chain, dry)
         history.append(dry)
     for sampler in history:

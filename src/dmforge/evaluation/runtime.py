@@ -204,21 +204,7 @@ class AppSampler:
         )
         self._history.append(lc.llama_sampler_chain_n(chain) - 1)
         if decode.dry_multiplier > 0:
-            breakers = [b.encode() for b in decode.dry_sequence_breakers]
-            array = (ctypes.c_char_p * len(breakers))(*breakers)
-            lc.llama_sampler_chain_add(
-                chain,
-                lc.llama_sampler_init_dry(
-                    runtime.vocab,
-                    runtime.llm._model.n_ctx_train(),
-                    decode.dry_multiplier,
-                    decode.dry_base,
-                    decode.dry_allowed_length,
-                    decode.dry_penalty_last_n,
-                    array,
-                    len(breakers),
-                ),
-            )
+            lc.llama_sampler_chain_add(chain, dry_sampler(runtime, decode))
             self._history.append(lc.llama_sampler_chain_n(chain) - 1)
         lc.llama_sampler_chain_add(chain, lc.llama_sampler_init_top_k(decode.top_k))
         lc.llama_sampler_chain_add(chain, lc.llama_sampler_init_top_p(decode.top_p, 1))
@@ -272,6 +258,23 @@ class AppSampler:
         if self.chain is not None:
             self._lc.llama_sampler_free(self.chain)
             self.chain = None
+
+
+def dry_sampler(runtime: Runtime, decode: DecodeConfig):
+    """llama.cpp's DRY sampler with the decoding's settings, as llama.rn builds it for Cactus."""
+    import llama_cpp as lc
+
+    breakers = [b.encode() for b in decode.dry_sequence_breakers]
+    return lc.llama_sampler_init_dry(
+        runtime.vocab,
+        runtime.llm._model.n_ctx_train(),
+        decode.dry_multiplier,
+        decode.dry_base,
+        decode.dry_allowed_length,
+        decode.dry_penalty_last_n,
+        (ctypes.c_char_p * len(breakers))(*breakers),
+        len(breakers),
+    )
 
 
 def perplexity(runtime: Runtime, samples: list[Sample]) -> float | None:
