@@ -36,7 +36,17 @@ from dmforge.files import write_json, write_text  # noqa: E402
 from dmforge.tools.grammar import decode_grammar  # noqa: E402
 from dmforge.tools.registry import load_registry  # noqa: E402
 
-GREEDY = {"temperature": 0.0, "penalty_repeat": 1.0, "dry_multiplier": 0.0}
+# Every setting names what it measures, whatever the config's defaults become: DRY's sequence breakers are
+# llama.cpp's own unless a setting says otherwise, and the calls per reply are unbounded unless it says so.
+LLAMA_CPP_BREAKERS = ["\n", ":", '"', "*", "[", "]", ",", "="]
+ACROSS_QUOTES = [b for b in LLAMA_CPP_BREAKERS if b not in ('"', "*")]  # round 7: a repeated quote stays visible
+GREEDY = {
+    "temperature": 0.0,
+    "penalty_repeat": 1.0,
+    "dry_multiplier": 0.0,
+    "dry_sequence_breakers": LLAMA_CPP_BREAKERS,
+    "max_calls": None,
+}
 SETTINGS: dict[str, dict] = {
     "greedy": {**GREEDY, "grammar": "off"},
     "greedy + grammar": {**GREEDY, "grammar": "full"},
@@ -72,18 +82,19 @@ SETTINGS: dict[str, dict] = {
         "penalty_repeat": 1.1,
         "penalty_last_n": 16,
         "dry_multiplier": 0.8,
-        "dry_sequence_breakers": ["\n", ":", "[", "]", ",", "="],
+        "dry_sequence_breakers": ACROSS_QUOTES,
         "max_calls": 4,
         "grammar": "full",
     },
     "DRY 0.8 across quotes + grammar, at most 4 calls": {
         **GREEDY,
         "dry_multiplier": 0.8,
-        "dry_sequence_breakers": ["\n", ":", "[", "]", ",", "="],
+        "dry_sequence_breakers": ACROSS_QUOTES,
         "max_calls": 4,
         "grammar": "full",
     },
     "temp 0.7, top-p 0.9, min-p 0.05, penalty 1.1 + grammar": {
+        **GREEDY,
         "temperature": 0.7,
         "top_p": 0.9,
         "min_p": 0.05,

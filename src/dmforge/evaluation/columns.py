@@ -56,6 +56,8 @@ class Column:
         if d.dry_multiplier:
             parts.append(f"DRY {d.dry_multiplier:g}")
         parts.append(f"{d.grammar} grammar" if self.uses_grammar else "no grammar")
+        if self.uses_grammar and d.max_calls is not None:
+            parts.append(f"at most {d.max_calls} calls")
         if self.opening_only:
             parts.append("the calls each reply opens with")
         return ", ".join(parts)
