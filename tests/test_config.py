@@ -74,7 +74,7 @@ def test_a_run_saved_by_an_earlier_dmforge_still_loads(tmp_path: Path):
 def test_the_training_budget_is_forty_minutes_on_a_cpu_and_none_on_a_gpu():
     train = load_config().train
     assert train.max_minutes == "auto"
-    assert train.budget_minutes("cpu") == 40.0 and train.budget_minutes("cuda") is None
+    assert train.budget_minutes("cpu") == 35.0 and train.budget_minutes("cuda") is None
     assert train.budget_minutes("mps") is None
     assert load_config(None, {"train": {"max_minutes": 12}}).train.budget_minutes("cuda") == 12
     with pytest.raises(DmforgeError, match="positive number of minutes"):

@@ -87,6 +87,8 @@ def test_eval_scores_every_column_through_llama_cpp_and_chooses_the_file_to_ship
     # Without --diagnostics: the base, F16 and the files the ship rule needs, no greedy or grammar-free column.
     plain = _eval(str(exported_run), "--max-turns", "4")
     assert plain["ship"]["quant"] == ship and not any(" greedy" in c or "no grammar" in c for c in plain["models"])
+    # ...the base screened on the calls each reply opens with, and what ships scored on whole replies.
+    assert "opens with" in plain["decoding"]["base"] and "opens with" not in plain["decoding"][ship]
 
     # Other scenarios get their own folder; the run's validation report and its ship decision stay as they were.
     before = (out / "report.json").read_bytes()

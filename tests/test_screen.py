@@ -1,9 +1,9 @@
-"""Screening a quantized file on the calls its replies open with, before scoring it on whole replies.
+"""Screens: the references (base, F16) scored on the calls each reply opens with, what ships on whole replies.
 
-A model trained with its calls first decides every call in the lines its reply opens with, so a
-file that already loses F16's call decision, intent or validity there can be rejected at a fifth of a
-column's cost. The screen must measure what the whole column would (the cut is checked on F16's own
-replies), and what ships must still pass the rule on whole replies.
+A model trained with its calls first decides every call in the lines its reply opens with, so F16's
+screen, at about a third of a column's cost, measures what its whole column would. The cut must be
+checked on whole replies (those of the file being compared), a file is compared with F16 cut alike,
+and what ships is always scored on whole replies.
 """
 
 from __future__ import annotations
@@ -86,47 +86,84 @@ def _export(tmp_path: Path, kls: dict[str, float]) -> ExportReport:
     )
 
 
-def _choose(tmp_path: Path, f16_predictions: list[str], results: dict[str, dict], **eval_options):
+def _choose(tmp_path: Path, results: dict[str, dict], f16: dict, **eval_options):
     """The ship decision with `results` standing in for scored columns; which columns it asked for."""
     asked: list[str] = []
 
     def run(column, perplexity=True):
+        assert not column.opening_only  # candidates, and F16 when it must be, are scored on whole replies
         asked.append(column.name)
-        return {"metrics": results[column.name]}
+        return results[column.name]
 
     export = _export(tmp_path, {"Q4_0": 0.05, "Q4_K_M": 0.05, "Q8_0": 0.01})
     config = load_config(None, {"eval": eval_options})
     files = {q: Path(f) for q, f in export.files.items()}
-    f16 = {"metrics": _metrics(0.5, 0.8), **_column(f16_predictions)}
     ship = _choose_and_score_quants(run, files, f16, config.decode, None, config, export, TURNS, load_registry())
     return ship, asked
 
 
 CALLS_FIRST = ["[attack: spear, target=Jem]\nHe lunges.", "He misses.", "The door creaks."]
+LATE = ["He lunges.\n[attack: spear, target=Jem]", "He misses.", "The door creaks."]
+SILENT = ["He lunges.", "He misses.", "The door creaks."]
 
 
-def test_a_file_that_fails_its_screen_is_never_scored_whole_and_what_ships_passed_on_whole_replies(tmp_path):
-    # F16's replies cut to their openings: decision 2/3, intent 1/2 (of the turns where either side calls).
+def _whole(predictions: list[str], intent: float, decision: float) -> dict:
+    """A whole column: its own figures, and replies that `opening_metrics` cuts."""
+    return {"metrics": _metrics(intent, decision), **_column(predictions)}
+
+
+# F16 screened: on the calls its replies open with, decision 2/3 and intent 1/2.
+F16_SCREEN = {
+    "metrics": opening_metrics(_column(CALLS_FIRST), TURNS, load_registry())[0],
+    "key": {"opening_only": True},
+}
+
+
+def test_with_f16_screened_a_file_is_scored_whole_and_compared_with_it_on_the_calls_its_replies_open_with(tmp_path):
     results = {
-        "Q4_0 calls": _metrics(0.0, 0.33),  # loses the calls already in its openings
-        "Q4_K_M calls": _metrics(0.5, 2 / 3),  # keeps them there...
-        "Q4_K_M": _metrics(0.4, 0.8),  # ...but not on whole replies
-        "Q8_0 calls": _metrics(0.5, 2 / 3),
-        "Q8_0": _metrics(0.5, 0.8),
+        "Q4_0": _whole(SILENT, 0.5, 0.9),  # whole-reply figures look fine, but it lost the opening call
+        "Q4_K_M": _whole(CALLS_FIRST, 0.1, 0.1),  # its openings are F16's: the comparison is on those
     }
-    ship, asked = _choose(tmp_path, CALLS_FIRST, results)
-    assert asked == ["Q4_0 calls", "Q4_K_M calls", "Q4_K_M", "Q8_0 calls", "Q8_0"]
-    assert ship.quant == "Q8_0"
+    ship, asked = _choose(tmp_path, results, F16_SCREEN)
+    assert asked == ["Q4_0", "Q4_K_M"] and ship.quant == "Q4_K_M"  # F16 never scored whole
     rows = {row["quant"]: row for row in ship.candidates}
-    assert rows["Q4_0"]["screened"] and not rows["Q4_0"]["evaluated"] and rows["Q4_0"]["shortfalls"]
-    assert rows["Q4_K_M"]["evaluated"] and rows["Q4_K_M"]["shortfalls"] and not rows["Q8_0"]["shortfalls"]
+    assert rows["Q4_0"]["shortfalls"] and rows["Q4_0"]["screened"] and rows["Q4_0"]["evaluated"]
+    assert not rows["Q4_K_M"]["shortfalls"] and rows["Q4_K_M"]["intent_delta_vs_f16"] == 0
+    assert rows["Q4_K_M"]["intent_match"] == 0.1  # the table shows the file's own whole-reply figures
+    assert not rows["Q8_0"]["evaluated"]
 
 
-def test_without_a_faithful_cut_or_with_screens_off_every_candidate_is_scored_whole(tmp_path):
-    results = {"Q4_0": _metrics(0.5, 0.8)}
-    late = ["He lunges.\n[attack: spear, target=Jem]", "He misses.", "The door creaks."]
-    assert _choose(tmp_path, late, results)[1] == ["Q4_0"]
-    assert _choose(tmp_path, CALLS_FIRST, results, screen_quants=False)[1] == ["Q4_0"]
+def test_a_file_that_calls_after_its_narration_makes_f16_scored_whole_and_the_rule_compare_whole_replies(tmp_path):
+    results = {
+        "Q4_0": _whole(LATE, 0.5, 0.8),
+        "F16": _whole(LATE, 0.5, 0.8),
+    }
+    ship, asked = _choose(tmp_path, results, F16_SCREEN)
+    assert asked == ["Q4_0", "F16"] and ship.quant == "Q4_0"
+    assert not ship.candidates[0]["screened"] and not ship.candidates[0]["shortfalls"]
+
+
+def test_when_nothing_smaller_keeps_f16s_behaviour_f16_ships_and_is_scored_whole(tmp_path):
+    results = {q: _whole(SILENT, 0.0, 0.3) for q in ("Q4_0", "Q4_K_M", "Q8_0")}
+    results["F16"] = _whole(CALLS_FIRST, 0.5, 0.8)
+    ship, asked = _choose(tmp_path, results, F16_SCREEN)
+    assert ship.quant == "F16" and asked == ["Q4_0", "Q4_K_M", "Q8_0", "F16"]
+    assert ship.candidates[-1]["evaluated"] and ship.candidates[-1]["intent_match"] == 0.5
+
+
+def test_with_screens_off_f16_was_scored_whole_and_the_rule_compares_whole_replies(tmp_path):
+    f16 = {"metrics": _metrics(0.5, 0.8), "key": {"opening_only": False}}
+    results = {"Q4_0": _whole(SILENT, 0.4, 0.8), "Q4_K_M": _whole(SILENT, 0.5, 0.8)}
+    ship, asked = _choose(tmp_path, results, f16)
+    assert asked == ["Q4_0", "Q4_K_M"] and ship.quant == "Q4_K_M"
+    assert not any(row["screened"] for row in ship.candidates)
+
+
+def test_screens_is_the_option_that_replaced_screen_quants():
+    assert load_config(None, {"eval": {"screens": False}}).eval.screens is False
+    from dmforge.config import _migrate
+
+    assert _migrate({"eval": {"screen_quants": False}}) == {"eval": {"screens": False}}
 
 
 def test_a_screen_stops_at_the_first_line_of_narration_and_is_the_start_of_the_whole_reply(

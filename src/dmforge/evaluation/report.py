@@ -143,8 +143,8 @@ def _ship_lines(report: dict) -> list[str]:
             if row["quant"] == "F16"
             else ("yes" if not row.get("shortfalls") else "; ".join(row["shortfalls"]))
         )
-        if row.get("screened") and not row["evaluated"]:  # rejected on its opening calls, never scored whole
-            kept = f"no, on the calls its replies open with: {kept}"
+        if row.get("screened") and row["quant"] != "F16":  # F16 was scored on its openings only
+            kept = f"{kept}, on the calls the replies open with"
         lines.append(
             f"| {row['quant']} | {row['bytes'] / 2**20:.0f} MB | {_fmt(row['fallback_share'])} | "
             f"{_fmt(row['kl_vs_f16'])} | "

@@ -245,8 +245,10 @@ def _score_columns(run, columns: dict, setup: EvalSetup, config: DmforgeConfig, 
 
     decode, files, export = config.decode, setup.files, setup.export
     grammar = decode_grammar(registry, decode)
-    run(Column("base", "base", base_gguf(Path(setup.manifest.base.path)), decode, grammar))
-    f16 = run(Column("F16", "F16", files["F16"], decode, grammar))
+    # The base and F16 are references, so by default they are screened: what ships is scored whole.
+    screens = config.eval.screens and not config.eval.diagnostics
+    run(Column("base", "base", base_gguf(Path(setup.manifest.base.path)), decode, grammar, opening_only=screens))
+    f16 = run(Column("F16", "F16", files["F16"], decode, grammar, opening_only=screens))
     if config.deploy.mode == "adapter" and export.adapter is not None:
         # What the app runs in adapter mode: the base's F16 GGUF with the LoRA GGUF applied at load.
         base, lora = Path(export.adapter.base_file), Path(export.adapter.file)
@@ -255,7 +257,7 @@ def _score_columns(run, columns: dict, setup: EvalSetup, config: DmforgeConfig, 
         ship = _choose_and_score_quants(run, files, f16, decode, grammar, config, export, setup.turns, registry)
     else:  # the run's own choice stands: these scenarios score it, they do not re-decide it
         ship = _existing_ship(setup.run_dir)
-        if ship.quant != "F16" and ship.quant in files:
+        if ship.quant in files and (ship.quant != "F16" or screens):  # what ships is scored on whole replies
             run(Column(ship.quant, ship.quant, files[ship.quant], decode, grammar))
     if config.eval.diagnostics:
         name = ship.quant if ship.quant in columns else "F16"
@@ -303,18 +305,22 @@ def _base_cache(base_file: Path, key: dict) -> Path:
 def _choose_and_score_quants(
     run, files, f16_column: dict, decode, grammar, config: DmforgeConfig, export, turns, registry
 ) -> ShipRecord:
-    """Score the quantized files smallest first and apply the shipping rule; the record of the choice.
+    """Score the quantized files smallest first on whole replies and apply the shipping rule; the record.
 
     Scoring stops at the first file that meets the rule (unless `eval.diagnostics`): a larger file
     cannot change the choice, and each column costs minutes on a laptop. A file whose KL divergence
-    from F16 is already above `export.max_kl` cannot ship, so it is not scored either. With
-    `eval.screen_quants`, a file is first screened on the calls its replies open with, against F16's
-    replies cut the same way, and scored whole only when the screen keeps F16's behaviour: the rule is
-    then checked again on the whole replies, so what ships always passed it on every held-out turn.
+    from F16 is already above `export.max_kl` cannot ship, so it is not scored either.
+
+    While F16 was screened (`eval.screens`), a file's whole replies are compared with it cut the same
+    way (`opening_metrics`), which is faithful while the file writes its calls before its narration.
+    A file that calls after its narration has begun makes the cut lose something, so F16 is then
+    scored whole and every comparison from there on is on whole replies. What ships is always scored
+    on whole replies: F16 too, when nothing smaller keeps its behaviour.
     """
-    f16 = f16_column["metrics"]
-    metrics: dict[str, dict] = {"F16": f16}
-    screens: dict[str, dict] = {}
+    whole_f16 = Column("F16", "F16", files["F16"], decode, grammar)
+    screened = bool(f16_column.get("key", {}).get("opening_only"))
+    metrics: dict[str, dict] = {"F16": f16_column["metrics"]}  # each file's own figures, as scored
+    compared: dict[str, dict] = {"F16": f16_column["metrics"]}  # what the rule compares, cut alike
     rows = {row["quant"]: row for row in export.quantizations}
     kls = {q: rows.get(q, {}).get("kl_vs_f16") for q in files}
     max_drop, max_kl = config.export.max_metric_drop, config.export.max_kl
@@ -323,35 +329,42 @@ def _choose_and_score_quants(
         shipped(export, None, forced)  # raises, naming the types the run has
     sizes = {q: str(p) for q, p in files.items()}
     exhaustive = bool(forced) or config.eval.diagnostics
-    reference, faithful = opening_metrics(f16_column, turns, registry)
-    screening = config.eval.screen_quants and faithful and not exhaustive
     for quant in [q for q in by_size(sizes) if q != "F16"]:
         if forced and quant != forced and not config.eval.diagnostics:
             continue
         if not exhaustive and kls.get(quant) is not None and kls[quant] > max_kl:
             continue
-        if screening:
-            screen = Column(f"{quant} calls", quant, files[quant], decode, grammar, opening_only=True)
-            screens[quant] = run(screen, False)["metrics"]
-            if shortfalls(screens[quant], reference, kls[quant], max_drop, max_kl):
-                continue
-        metrics[quant] = run(Column(quant, quant, files[quant], decode, grammar))["metrics"]
-        if not exhaustive and not shortfalls(metrics[quant], f16, kls[quant], max_drop, max_kl):
+        column = run(Column(quant, quant, files[quant], decode, grammar))
+        metrics[quant] = compared[quant] = column["metrics"]
+        if screened:
+            openings, faithful = opening_metrics(column, turns, registry)
+            if faithful:
+                compared[quant] = openings
+            else:
+                metrics["F16"] = run(whole_f16)["metrics"]
+                screened = False
+                compared = dict(metrics)
+        if not exhaustive and not shortfalls(compared[quant], compared["F16"], kls[quant], max_drop, max_kl):
             break
     if forced:
         quant, reason = forced, f"{forced} was asked for (`deploy.quant`, `export.ship` or --quant)"
     else:
-        quant, reason = measured_choice(sizes, metrics, kls, max_drop, max_kl)
-    table = [_candidate_row(q, files, rows, kls, metrics, screens, reference, max_drop, max_kl) for q in by_size(sizes)]
+        quant, reason = measured_choice(sizes, compared, kls, max_drop, max_kl)
+    if quant == "F16" and screened:
+        metrics["F16"] = run(whole_f16)["metrics"]
+        screened = False
+    table = [_candidate_row(q, files, rows, kls, metrics, compared, screened, max_drop, max_kl) for q in by_size(sizes)]
     return ShipRecord(quant=quant, reason=reason, max_metric_drop=max_drop, max_kl=max_kl, candidates=table)
 
 
-def _candidate_row(q, files, rows, kls, metrics, screens, reference, max_drop, max_kl) -> dict:
-    """One file's line in the ship record: its whole-reply figures, or its screen's where it went no further."""
-    f16 = metrics["F16"]
-    screened = q not in metrics and q in screens
-    m = screens[q] if screened else metrics.get(q, {})
-    against = reference if screened else f16
+def _candidate_row(q, files, rows, kls, metrics, compared, screened, max_drop, max_kl) -> dict:
+    """One file's line in the ship record: its own figures, and what the rule found against F16's."""
+    m, against = metrics.get(q, {}), compared.get(q)
+    delta = (
+        None
+        if against is None or against.get("intent_match") is None or compared["F16"].get("intent_match") is None
+        else against["intent_match"] - compared["F16"]["intent_match"]
+    )
     return {
         "quant": q,
         "bytes": files[q].stat().st_size,
@@ -360,12 +373,13 @@ def _candidate_row(q, files, rows, kls, metrics, screens, reference, max_drop, m
         "intent_match": m.get("intent_match"),
         "call_decision_accuracy": m.get("call_decision_accuracy"),
         "call_validity": m.get("call_validity"),
-        "intent_delta_vs_f16": None
-        if m.get("intent_match") is None or against.get("intent_match") is None
-        else m["intent_match"] - against["intent_match"],
+        "intent_delta_vs_f16": delta,
         "evaluated": q in metrics,
-        "screened": q in screens,
-        "shortfalls": shortfalls(m, against, kls.get(q), max_drop, max_kl) if m and q != "F16" else [],
+        # compared with F16 on the calls each reply opens with, F16 having been screened
+        "screened": screened and q in metrics,
+        "shortfalls": shortfalls(against, compared["F16"], kls.get(q), max_drop, max_kl)
+        if against and q != "F16"
+        else [],
     }
 
 
