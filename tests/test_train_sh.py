@@ -119,9 +119,11 @@ def test_train_sh_runs_nine_stages_the_model_learns_and_a_rerun_resumes(tmp_path
     # Forty one-sample steps make the held-out DM text clearly likelier (about 35 -> 25 in perplexity);
     # asking for the right rolls takes the full recipe, which docs/model-quality.md measures.
     assert tuned["perplexity"] < 0.9 * base["perplexity"], (base, tuned)
+    # The base and F16 are screened; what ships is scored on whole replies.
+    assert "opens with" in report["decoding"]["base"] and "opens with" not in report["decoding"][ship]
     # The grammar makes every bracket a valid call, in every reply the token limit did not cut short.
     details = [json.loads(line) for line in (run / "eval" / "details.jsonl").read_text().splitlines()]
-    finished = [d["verdict"] for d in details if d["column"] == "F16" and d["stop"] != "length"]
+    finished = [d["verdict"] for d in details if d["column"] == ship and d["stop"] != "length"]
     assert finished and all(v["brackets"] == v["valid_brackets"] for v in finished)
 
     # The playtest plays the shipped file long enough for the context window to drop old turns.

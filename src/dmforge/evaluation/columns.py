@@ -10,7 +10,7 @@ An `opening_only` column (a "screen") generates each reply only up to its first 
 scores the calls it opens with: for a model that writes its calls first, the call decision, intent,
 exact match and validity of the whole reply, in about a third of a column's time (the prompts are still
 read). It
-has no loop rate, narration or perplexity; `opening_metrics` gives a whole column's figures on the same
+has no loop rate or narration; `opening_metrics` gives a whole column's figures on the same
 terms, to compare with.
 """
 
@@ -157,8 +157,9 @@ def score_column(
             "median_length_ratio",
         ):
             metrics[key] = None
-    run_perplexity = samples and not column.opening_only
-    metrics["perplexity"] = perplexity(runtime, samples) if run_perplexity else None
+    # A screen still reads the gold text's likelihood when asked (the base's and F16's, the plainest
+    # proof that training moved the model): it is the file's, not the cut replies'.
+    metrics["perplexity"] = perplexity(runtime, samples) if samples else None
     metrics["mean_reply_tokens"] = sum(d["tokens"] for d in details) / max(1, len(details))
     return {"metrics": metrics, "details": details, "decoding": column.label, "file": str(column.path)}
 
