@@ -460,7 +460,7 @@ def summary(result: PipelineResult) -> str:
     width = max(12, *(len(n) + 2 for n in names))
     lines.append(
         f"\nHeadline metrics on {report.turns} held-out DM turns, each file in llama.cpp with the app's decoding "
-        f"({report.decoding.get(report.ship.quant, '')}); {report.ship.quant} ships:"
+        f"({report.decoding.get(report.ship.quant) or report.decoding.get('F16', '')}); {report.ship.quant} ships:"
     )
     lines.append("  " + f"{'':<28}" + "".join(f"{n:>{width}}" for n in names))
     for key, label in HEADLINE:
