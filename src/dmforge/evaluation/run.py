@@ -216,7 +216,8 @@ def _column_runner(setup: EvalSetup, registry, out: Path, reuse: bool, progress,
 
     def run(column: Column, perplexity: bool = True) -> dict:
         key = column.key(turns, source, n_ctx)
-        store = out / "models" / f"{column.name.replace(' ', '-')}.json"
+        # A file's screen and its whole column are kept apart: F16 can need both in one evaluation.
+        store = out / "models" / f"{column.name.replace(' ', '-')}{'-screen' if column.opening_only else ''}.json"
         result = cached(store, key, column.path) if reuse else None
         if result is None and column.model == "base":
             result = cached(_base_cache(column.path, key), key, column.path) if reuse else None
