@@ -9,8 +9,7 @@ file is not newer than the result.
 An `opening_only` column (a "screen") generates each reply only up to its first line of narration and
 scores the calls it opens with: for a model that writes its calls first, the call decision, intent,
 exact match and validity of the whole reply, in about a third of a column's time (the prompts are still
-read). It
-has no loop rate or narration; `opening_metrics` gives a whole column's figures on the same
+read). It has no loop rate or narration; `opening_metrics` gives a whole column's figures on the same
 terms, to compare with.
 """
 
