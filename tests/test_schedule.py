@@ -10,7 +10,7 @@ import torch
 from rich.console import Console
 
 from dmforge.config import TrainConfig
-from dmforge.training.loop import Plan, _start, make_optimizer
+from dmforge.training.loop import Plan, _start, budget_clock, make_optimizer
 
 
 def _rates(
@@ -68,3 +68,36 @@ def test_the_loop_reads_the_clock_exactly_when_the_budget_planned_the_steps(tmp_
     scheduler.step()
     rate = scheduler.get_last_lr()[0]
     assert rate == pytest.approx(1e-4) if timed else rate > 9.9e-4
+
+
+def test_validation_passes_spend_the_budget_like_steps(tmp_path: Path):
+    """A CPU budget is wall time the user waits: the validation passes between steps count in it, so the
+    schedule is at its floor, and the run stops, when steps and passes together have spent it (leaving them
+    out overran a 35-minute budget by eleven passes)."""
+    config = TrainConfig(max_minutes=10, max_steps=100, warmup_steps=0, learning_rate=1e-3)
+    model = torch.nn.Linear(4, 4)
+    _, optimizer, scheduler, state = _start(
+        model, config, Plan(400, 100), tmp_path / "checkpoints", Console(quiet=True), None, True
+    )
+    state.seconds, state.validation_seconds = 8 * 60, 2 * 60
+    assert budget_clock(state) == 10 * 60
+    optimizer.step()
+    scheduler.step()
+    assert scheduler.get_last_lr()[0] == pytest.approx(1e-4)
+
+
+def test_the_plan_leaves_room_for_the_validation_passes():
+    """1000 tokens/s, one 1000-token sample a step, a 10-minute budget: 600 steps with no validation. Each pass
+    over 10,000 held-out tokens forecasts 3 s, so every 50 steps cost 53 s and the plan is the most steps whose
+    steps and passes fit 600 s."""
+    from dmforge.contract.chat import Sample
+    from dmforge.training.finetune import _passes, _steps_with_validation
+    from dmforge.training.preflight import PreflightReport
+
+    preflight = PreflightReport(1000.0, 0, 1, seconds_per_epoch=600.0, total_seconds=600.0, total_steps=600)
+    held_out = [Sample("held-out", [0] * 1000, [0] * 1000) for _ in range(10)]
+    config = TrainConfig(max_minutes=10, eval_every=50)
+    fit = _steps_with_validation(preflight, config, 600.0, held_out)
+    assert fit + 3 * _passes(fit, config, held_out) <= 600 < (fit + 1) + 3 * _passes(fit + 1, config, held_out)
+    assert fit == 564  # 564 steps and 12 passes: 600 s
+    assert _steps_with_validation(preflight, config, 600.0, []) == 600  # nothing to validate, nothing to leave

@@ -223,11 +223,13 @@ def test_a_tiny_budget_is_planned_from_the_preflight_and_the_forecast_holds(tmp_
     plan = json.loads((result.run_dir / "logs" / "plan.json").read_text())
     assert plan["max_steps"] == forecast["steps"]
     rows = [json.loads(line) for line in (result.run_dir / "logs" / "train.jsonl").read_text().splitlines()]
-    steps = [r for r in rows if "lr" in r]
     total, peak, budget = forecast["steps"], config.train.learning_rate, config.train.max_minutes * 60
     warmup = min(config.train.warmup_steps, max(total - 1, 0))
-    clock = 0.0
-    for row in steps:
+    clock = 0.0  # the budget's clock: the steps and the validation passes between them
+    for row in rows:
+        if "lr" not in row:
+            clock += row.get("val_seconds", 0.0)
+            continue
         if row["step"] < warmup:
             expected = (row["step"] + 1) / (warmup + 1)
         else:

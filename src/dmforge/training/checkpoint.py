@@ -26,7 +26,8 @@ KEEP = 2  # checkpoints kept besides the best adapter
 class LoopState:
     step: int = 0  # optimizer steps completed
     tokens: int = 0  # trained (DM) tokens seen
-    seconds: float = 0.0  # training time so far, across resumes
+    seconds: float = 0.0  # training time so far (the steps), across resumes
+    validation_seconds: float = 0.0  # time in validation passes so far; a CPU budget counts it too
     train_loss: list[tuple[int, float]] = field(default_factory=list)
     val_loss: list[tuple[int, float]] = field(default_factory=list)
     val_calls: list[tuple[int, dict]] = field(default_factory=list)  # (step, Validation.to_json()) per evaluation
