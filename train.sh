@@ -4,5 +4,7 @@
 set -euo pipefail
 cd "$(dirname "${BASH_SOURCE[0]}")"
 source scripts/bootstrap.sh
+source scripts/allocator.sh
 dmforge_bootstrap ""
+dmforge_allocator
 exec .venv/bin/dmforge pipeline "$@"
