@@ -139,6 +139,11 @@ VARIANTS: dict[str, tuple[str, dict]] = {
             }
         },
     ),
+    "one-sample-steps": (
+        "one sample per optimizer step instead of four, learning rate 2.5e-3 (halved, for the noisier steps); "
+        "validation every 200 steps and warmup 20, the default's in samples",
+        {"train": {"grad_accum": 1, "learning_rate": 2.5e-3, "eval_every": 200, "warmup_steps": 20}},
+    ),
     "gemma3-270m": (
         "the default recipe on Gemma 3 270M (a base model; its top 9 of 18 layers adapted, the 50% default)",
         {"model": {"base": "gemma3-270m"}},
