@@ -11,22 +11,28 @@ from pathlib import Path
 import pytest
 
 ROOT = Path(__file__).resolve().parents[1]
-SYSTEM_JEMALLOC = next(
-    (
-        Path(p)
-        for p in ("/usr/lib/x86_64-linux-gnu/libjemalloc.so.2", "/usr/lib/aarch64-linux-gnu/libjemalloc.so.2")
-        if Path(p).is_file()
-    ),
-    None,
-)
+SCRIPT = ROOT / "scripts" / "allocator.sh"
+
+
+def _installed_jemalloc() -> Path | None:
+    """The first of the script's own places that holds the library, if any."""
+    if sys.platform != "linux":
+        return None
+    places = subprocess.run(
+        ["bash", "-c", f"source {SCRIPT}; echo $DMFORGE_JEMALLOC_PLACES"], capture_output=True, text=True, check=True
+    ).stdout.split()
+    return next((Path(p) for p in places if Path(p).is_file()), None)
+
+
+SYSTEM_JEMALLOC = _installed_jemalloc()
 
 pytestmark = pytest.mark.skipif(sys.platform != "linux", reason="the allocator is chosen on Linux only")
 
 
 def _choose(tmp_path: Path, places: str, **env: str) -> subprocess.CompletedProcess:
-    """Source the script as train.sh does, then run `command` in the environment it leaves."""
+    """Source the script as train.sh does, with `places` as its search list; print the environment it leaves."""
     script = (
-        f"set -euo pipefail; source {ROOT / 'scripts' / 'allocator.sh'}; DMFORGE_JEMALLOC_PLACES='{places}'; "
+        f"set -euo pipefail; source {SCRIPT}; DMFORGE_JEMALLOC_PLACES='{places}'; "
         'dmforge_allocator; echo "LD_PRELOAD=${LD_PRELOAD:-}"; echo "MALLOC_CONF=${MALLOC_CONF:-}"'
     )
     clean = {k: v for k, v in os.environ.items() if k not in ("LD_PRELOAD", "MALLOC_CONF", "DMFORGE_ALLOCATOR")}

@@ -46,7 +46,7 @@ from dmforge.tools.registry import Registry
 from dmforge.training.checkpoint import load_trainable_state
 from dmforge.training.frozen import frozen_cache
 from dmforge.training.incremental import Lineage, incremental_samples, load_parent_adapter, scaled_steps
-from dmforge.training.loop import make_plan, train_loop
+from dmforge.training.loop import make_plan, train_loop, validation_passes
 from dmforge.training.lora import lora_model, merge_adapter, use_unsloth
 from dmforge.training.plots import loss_curve_png, metrics_html
 from dmforge.training.preflight import run_preflight
@@ -421,8 +421,8 @@ def _pass_seconds(preflight, validation) -> float:
 
 
 def _passes(steps: int, t, validation) -> int:
-    """Validation passes in a run of `steps`: one every `eval_every` steps and one at the end."""
-    return (steps // t.eval_every + (steps % t.eval_every != 0)) if validation else 0
+    """Validation passes in a run of `steps`: none without held-out samples."""
+    return validation_passes(steps, t.eval_every) if validation else 0
 
 
 def _steps_with_validation(preflight, t, steps_per_epoch: float, validation) -> int:
