@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import importlib.util
+from contextlib import ExitStack, nullcontext
 from pathlib import Path
 
 import torch
@@ -90,6 +91,35 @@ def _unsloth_targets(targets: str | list[str]) -> list[str]:
     if targets == "all-linear":
         return ["q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"]
     return [targets] if isinstance(targets, str) else targets
+
+
+def adapters_in_base_dtype(model):
+    """A context in which the LoRA layers compute in the base's bfloat16 on a CPU; a no-op anywhere else.
+
+    PEFT keeps the adapters' weights in float32, as the optimizer needs, and casts each adapted layer's
+    input up to meet them: on a bf16 CPU that is a float32 copy of every [tokens, hidden] activation per
+    adapted linear, matmuls that miss the bf16 units, and float32 adds and scales at full width. Under
+    autocast the small adapter weights are cast down instead and the activations stay bf16. SmolLM2-135M,
+    top 15 layers, 2048-token samples, 2 AMX cores: steps 1.17x faster, losses within 0.1 % after six
+    steps. Gradients still land on the float32 weights.
+
+    The autocast's weight cache is off on purpose: within one context it would keep serving the bf16
+    copy of a weight the optimizer has since moved. CUDA keeps PEFT's own path (not measured here).
+    """
+    model = getattr(model, "module", model)  # under DDP, the wrapped model
+    first = next(model.parameters())
+    trained = [p for p in model.parameters() if p.requires_grad]
+    base_dtype = model.get_input_embeddings().weight.dtype
+    if first.device.type != "cpu" or base_dtype != torch.bfloat16 or not trained:
+        return nullcontext()
+    if all(p.dtype == base_dtype for p in trained):
+        return nullcontext()
+    from peft.helpers import disable_input_dtype_casting
+
+    stack = ExitStack()
+    stack.enter_context(torch.autocast("cpu", dtype=torch.bfloat16, cache_enabled=False))
+    stack.enter_context(disable_input_dtype_casting(model))
+    return stack
 
 
 def merge_adapter(base_path: Path, adapter_dir: Path, out: Path, tokenizer) -> None:

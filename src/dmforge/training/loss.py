@@ -24,6 +24,7 @@ import torch.nn.functional as F
 from torch.utils.checkpoint import checkpoint
 
 from dmforge.contract.chat import IGNORE
+from dmforge.training.lora import adapters_in_base_dtype
 
 CHUNK = 1024  # output-layer rows per chunk: a few hundred MB of logits at most, for any vocabulary
 
@@ -104,7 +105,8 @@ def trained_hidden(
     """
     decoder, lm_head, softcap = _model_parts(model)
     if hidden is None:
-        hidden = decoder(input_ids=input_ids, attention_mask=attention_mask, use_cache=False).last_hidden_state
+        with adapters_in_base_dtype(model):
+            hidden = decoder(input_ids=input_ids, attention_mask=attention_mask, use_cache=False).last_hidden_state
     targets = labels[:, 1:]
     mask = targets != IGNORE
     return hidden[:, :-1][mask], targets[mask], mask, lm_head, softcap
