@@ -144,6 +144,11 @@ VARIANTS: dict[str, tuple[str, dict]] = {
         "validation every 200 steps and warmup 20, the default's in samples",
         {"train": {"grad_accum": 1, "learning_rate": 2.5e-3, "eval_every": 200, "warmup_steps": 20}},
     ),
+    "full-top15": (
+        "the top 15 layers' own weights trained (method full, float32 master weights), learning rate 2e-4, "
+        "instead of LoRA on them",
+        {"train": {"method": "full", "learning_rate": 2e-4}},
+    ),
     "gemma3-270m": (
         "the default recipe on Gemma 3 270M (a base model; its top 9 of 18 layers adapted, the 50% default)",
         {"model": {"base": "gemma3-270m"}},

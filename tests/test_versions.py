@@ -16,9 +16,10 @@ import pytest
 from conftest import ROOT, finished_run
 from dmforge.contract.chat import Sample
 from dmforge.errors import DmforgeError
+from dmforge.export.adapter import export_adapter
 from dmforge.registry.gate import judge
 from dmforge.registry.lineage import plan_run
-from dmforge.registry.runs import read_export, read_manifest
+from dmforge.registry.runs import TRAINED_LAYERS, read_export, read_manifest
 from dmforge.registry.versions import load_versions, register
 from dmforge.training.incremental import incremental_samples, scaled_steps
 
@@ -86,6 +87,17 @@ def test_an_incremental_version_is_the_parent_of_the_next_and_resumes_with_its_o
     (run_b / "adapter" / "adapter_model.safetensors").unlink()
     gone = plan_run(runs, OPTIONS, {"x.md": "1", "y.md": "2", "w.md": "4"})
     assert gone.lineage is None and "adapter" in gone.reason
+
+
+def test_a_version_that_trained_its_layers_own_weights_is_never_continued(tmp_path: Path):
+    runs = tmp_path / "runs"
+    run = finished_run(runs / "a", b"GGUF", scenarios={"x.md": "1"})
+    (run / TRAINED_LAYERS).write_bytes(b"weights")  # `train.method: full`: no adapter folder
+    register(runs, run)
+    plan = plan_run(runs, OPTIONS, {"x.md": "1", "y.md": "2"})
+    assert plan.lineage is None and "train.method: full" in plan.reason
+    with pytest.raises(DmforgeError, match=r"no LoRA adapter to export.*deploy.mode: merged"):
+        export_adapter(run, tmp_path, tmp_path / "merged.gguf", [])
 
 
 def _sample(conversation: str) -> Sample:

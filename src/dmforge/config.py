@@ -14,7 +14,7 @@ from pathlib import Path
 from typing import Any, Literal
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
 from dmforge.errors import DmforgeError
 from dmforge.scenarios.reader import DEFAULT_MAX_FILE_BYTES
@@ -138,6 +138,8 @@ class ModelConfig(_Section):
 # 35, not 40: the whole default run must fit an hour, and the sweep's 213 steps (29 minutes on an AMX Xeon)
 # already scored what 266 steps in 40 minutes did.
 CPU_TRAINING_MINUTES = 35.0
+# Above this, `train.method: full` refuses to start: full fine-tuning rates sit near 1e-4, LoRA's near 5e-3.
+FULL_TUNING_MAX_RATE = 1e-3
 
 
 class TrainConfig(_Section):
@@ -186,6 +188,13 @@ class TrainConfig(_Section):
     warmup_steps: int = Field(5, ge=0)
     weight_decay: float = Field(0.0, ge=0)
     max_grad_norm: float = Field(1.0, gt=0)
+    method: Literal["lora", "full"] = Field(
+        "lora",
+        description="What trains on the top `lora_layers` layers: LoRA adapters (`lora`), or the layers' own "
+        "weights (`full`: float32 master copies, computed in bf16 on a CPU; LLaMA-Factory's freeze tuning). A "
+        "`full` run has no adapter apart from the base, so it deploys merged and cannot be continued by an "
+        "incremental run. It needs a rate near 1e-4 (`learning_rate`).",
+    )
     lora_r: int = Field(16, ge=1, description="LoRA rank.")
     lora_alpha: int = Field(32, ge=1)
     lora_dropout: float = Field(
@@ -291,6 +300,16 @@ class TrainConfig(_Section):
         if isinstance(self.lora_layers, str):
             return max(1, round(total * int(self.lora_layers[:-1]) / 100))
         return min(total, self.lora_layers)
+
+    @model_validator(mode="after")
+    def _full_tuning_rate(self):
+        if self.method == "full" and self.learning_rate > FULL_TUNING_MAX_RATE:
+            raise ValueError(
+                f"`method: full` moves every weight of the trained layers, and a rate of {self.learning_rate:g} "
+                f"(made for LoRA) would wreck them: set `learning_rate` to {FULL_TUNING_MAX_RATE:g} or less "
+                "(1e-4 to 3e-4 is the usual range for full fine-tuning)"
+            )
+        return self
 
     @field_validator("max_minutes")
     @classmethod
@@ -455,6 +474,15 @@ class DmforgeConfig(_Section):
     decode: DecodeConfig = DecodeConfig()
     deploy: DeployConfig = DeployConfig()
 
+    @model_validator(mode="after")
+    def _adapter_needs_lora(self):
+        if self.deploy.mode == "adapter" and self.train.method == "full":
+            raise ValueError(
+                "`deploy.mode: adapter` ships a LoRA adapter, and `train.method: full` trains none: set "
+                "`deploy.mode: merged`, or `train.method: lora`"
+            )
+        return self
+
 
 def _read_file(path: Path) -> dict[str, Any]:
     try:
@@ -484,7 +512,8 @@ def _explain(exc: ValidationError, source: str) -> DmforgeError:
             tip = f" Did you mean `{close[0]}`?" if close else f" Known: {', '.join(section.model_fields)}."
             lines.append(f"`{where}` is not an option.{tip}")
         else:
-            lines.append(f"`{where}`: {error['msg']}.")
+            message = error["msg"].removeprefix("Value error, ")  # a validator's own sentence reads alone
+            lines.append(f"`{where}`: {message}." if where else f"{message}.")
     return DmforgeError(f"The config in {source} is invalid: " + " ".join(lines))
 
 

@@ -25,7 +25,7 @@ from dmforge.errors import DmforgeError
 from dmforge.export import verify
 from dmforge.export.converter import converter_dir, converter_script
 from dmforge.files import partial_path, write_text
-from dmforge.registry.runs import AdapterExport
+from dmforge.registry.runs import TRAINED_LAYERS, AdapterExport
 
 ADAPTER_FILE = "dungeon-master-adapter-f16.gguf"
 # Merged weights are rounded to F16 once; base + adapter adds the F16 LoRA product at run time. Measured
@@ -83,6 +83,12 @@ def export_adapter(run_dir: Path, base_dir: Path, merged_f16: Path, prompts: lis
     """Convert the run's adapter, check it against the merged export, and describe both files for deploy."""
     from dmforge.export.convert import base_gguf
 
+    if (run_dir / TRAINED_LAYERS).is_file():
+        raise DmforgeError(
+            f"{run_dir} trained its layers' own weights (`train.method: full`), so it has no LoRA adapter to export "
+            "apart from the base. Export and deploy the merged model (`deploy.mode: merged`, the default), or "
+            "train with `train.method: lora`."
+        )
     adapter = convert_adapter(run_dir / "adapter", base_dir, run_dir / "gguf" / ADAPTER_FILE)
     base = base_gguf(base_dir)
     parity = adapter_parity(base, adapter, merged_f16, prompts)

@@ -13,7 +13,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from pathlib import Path
 
-from dmforge.registry.runs import read_identity
+from dmforge.registry.runs import TRAINED_LAYERS, read_identity
 from dmforge.registry.versions import VersionBook, load_versions
 from dmforge.training.incremental import Lineage
 
@@ -50,6 +50,10 @@ def plan_run(runs_root: Path, options: dict, scenarios: dict[str, str], from_scr
             "and an update cannot make the model forget them",
         )
     adapter = Path(parent.run_dir) / "adapter"
+    if (Path(parent.run_dir) / TRAINED_LAYERS).is_file():
+        return RunPlan(
+            None, f"a full run: {parent.id} trained its layers' own weights (`train.method: full`), not an adapter"
+        )
     if not (adapter / "adapter_model.safetensors").is_file():
         return RunPlan(None, f"a full run: {parent.id}'s adapter ({adapter}) is gone, so there is nothing to continue")
     changed = tuple(sorted(sid for sid, digest in scenarios.items() if parent.scenarios.get(sid) != digest))

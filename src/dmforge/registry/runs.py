@@ -19,6 +19,9 @@ from dmforge.errors import DmforgeError
 from dmforge.files import read_json, read_json_or_none, write_json
 from dmforge.models.resolve import sha256_file
 
+# What a `train.method: full` run keeps in its run folder instead of a LoRA adapter: the trained layers' weights.
+TRAINED_LAYERS = "trained-layers.safetensors"
+
 
 class _Record(BaseModel):
     # Records from an older dmforge may carry fields this one no longer writes: they are ignored, not fatal.
@@ -38,7 +41,7 @@ class RunManifest(_Record):
     dataset: dict
     chat_format: dict
     max_seq_len: int | None = None
-    adapter: str
+    adapter: str  # the LoRA adapter's folder, or a `full` run's trained-layers file
     merged: str
     sample_reply: dict | None = None
     steps: int | None = None

@@ -4,8 +4,9 @@ runs/<id>/
   config.yaml        the resolved config (file + command-line overrides)
   dataset/           the dataset this run trained on (with its fingerprint in manifest.json)
   checkpoints/       resume points; the latest one is picked up automatically
-  adapter/           the LoRA adapter (PEFT format), the best by validation loss
-  merged/            base + adapter as one model, with the tokenizer and its chat template
+  adapter/           the LoRA adapter (PEFT format), the best by held-out call score
+  trained-layers.safetensors   instead, with `train.method: full`: the trained layers' own weights
+  merged/            the base with what trained folded in, with the tokenizer and its chat template
   logs/train.jsonl   one line per step
   metrics.json       loss history, validation loss, speed, preflight
   loss.png, report.html
@@ -26,7 +27,7 @@ import torch
 import yaml
 from rich.console import Console
 from rich.markup import escape
-from safetensors.torch import load_file
+from safetensors.torch import load_file, save_file
 
 from dmforge import __version__
 from dmforge.config import DmforgeConfig
@@ -34,20 +35,20 @@ from dmforge.contract.chat import ChatFormat, Sample, build_samples, detect_chat
 from dmforge.dataset import build_dataset, corpus_fingerprint
 from dmforge.dataset.build import DatasetStats
 from dmforge.errors import DmforgeError
-from dmforge.files import read_json, write_json, write_text
+from dmforge.files import fsync_file, partial_path, read_json, write_json, write_text
 from dmforge.locks import hold_run_folder
 from dmforge.models.catalog import CACTUS_ARCHITECTURES
 from dmforge.models.hardware import detect_hardware
 from dmforge.models.load import load_tokenizer
 from dmforge.models.resolve import resolve_base
-from dmforge.registry.runs import BaseRecord, RunManifest, scenario_hashes, write_manifest
+from dmforge.registry.runs import TRAINED_LAYERS, BaseRecord, RunManifest, scenario_hashes, write_manifest
 from dmforge.scenarios import CheckReport, check_paths
 from dmforge.tools.registry import Registry
-from dmforge.training.checkpoint import load_trainable_state
+from dmforge.training.checkpoint import load_trainable_state, trainable_state
 from dmforge.training.frozen import frozen_cache
 from dmforge.training.incremental import Lineage, incremental_samples, load_parent_adapter, scaled_steps
 from dmforge.training.loop import make_plan, train_loop, validation_passes
-from dmforge.training.lora import lora_model, merge_adapter, use_unsloth
+from dmforge.training.lora import merge_adapter, merge_trained_layers, trainable_model, use_unsloth
 from dmforge.training.plots import loss_curve_png, metrics_html
 from dmforge.training.preflight import run_preflight
 
@@ -204,8 +205,8 @@ def _finetune_locked(
     hardware = detect_hardware(t.device, t.dtype, t.threads)
     t = t.model_copy(update={"max_minutes": t.budget_minutes(hardware.device)})
     console.print(f"[bold]device[/] {hardware.description}, {hardware.dtype_name}, {hardware.threads} threads")
-    with console.status("attaching LoRA adapters…"):
-        model = lora_model(base.path, t, hardware)
+    with console.status("attaching LoRA adapters…" if t.method == "lora" else "loading the layers to train…"):
+        model = trainable_model(base.path, t, hardware)
     if lineage is not None:  # a checkpoint, when resuming, replaces these weights again
         load_parent_adapter(model, Path(lineage.adapter))
     world = int(os.environ.get("WORLD_SIZE", "1"))
@@ -221,18 +222,21 @@ def _finetune_locked(
         from accelerate import Accelerator
 
         accelerator = Accelerator()
-    announce("train", f"LoRA r={t.lora_r} on {len(data.train)} samples, then merge into the base")
+    what = f"LoRA r={t.lora_r}" if t.method == "lora" else "the top layers' own weights"
+    announce("train", f"{what} on {len(data.train)} samples, then merge into the base")
     state = _train(model, data, t, run_dir, tokenizer, console, accelerator, cache, on_log, steps_from_budget)
 
     # The adapter that ships is the best by held-out call score (or validation loss), not merely the last.
     best = run_dir / "best-adapter.safetensors"
     if best.is_file():
         load_trainable_state(model, load_file(best))
-    with console.status("saving the adapter and merging it into the base…"):
+    with console.status("saving what trained and merging it into the base…"):
         unwrapped = accelerator.unwrap_model(model) if accelerator else model
-        unwrapped.save_pretrained(run_dir / "adapter")
-        merged = run_dir / "merged"
-        merge_adapter(base.path, run_dir / "adapter", merged, tokenizer)
+        trained, merged = _save_trained(unwrapped, t.method, run_dir), run_dir / "merged"
+        if t.method == "full":
+            merge_trained_layers(base.path, trained, merged, tokenizer)
+        else:
+            merge_adapter(base.path, trained, merged, tokenizer)
         first = (data.conversations["validation"] or data.conversations["train"])[0]
         sample = _sample_reply(merged, tokenizer, data.fmt, first)
 
@@ -247,7 +251,7 @@ def _finetune_locked(
             dataset={"path": str(data.dataset_dir), "corpus_fingerprint": data.corpus},
             chat_format=asdict(data.fmt),
             max_seq_len=t.max_seq_len,
-            adapter=str(run_dir / "adapter"),
+            adapter=str(trained),
             merged=str(merged),
             sample_reply=sample,
             steps=state.step,
@@ -258,6 +262,22 @@ def _finetune_locked(
         ),
     )
     return FinetuneResult(run_dir, merged, metrics)
+
+
+def _save_trained(model, method: str, run_dir: Path) -> Path:
+    """What the run trained, in its run folder: the LoRA adapter (PEFT's folder) or the trained layers' weights."""
+    if method == "lora":
+        model.save_pretrained(run_dir / "adapter")
+        return run_dir / "adapter"
+    path = run_dir / TRAINED_LAYERS
+    tmp = partial_path(path)  # written beside, flushed and renamed: never a torn file under the real name
+    try:
+        save_file(trainable_state(model), tmp)
+        fsync_file(tmp)
+        os.replace(tmp, path)
+    finally:
+        tmp.unlink(missing_ok=True)
+    return path
 
 
 def _build(config, registry, tokenizer, run_dir: Path, lineage: Lineage | None) -> RunData:

@@ -1,4 +1,5 @@
-"""Attach LoRA adapters (PEFT), or let Unsloth load and patch the model on CUDA when it is installed."""
+"""Make the base trainable: LoRA adapters (PEFT, or Unsloth on CUDA when it is installed), or, with
+`train.method: full`, the top layers' own weights; and fold what trained back into one plain model."""
 
 from __future__ import annotations
 
@@ -20,7 +21,37 @@ def use_unsloth(config: TrainConfig, hardware: Hardware) -> bool:
     available = hardware.device == "cuda" and importlib.util.find_spec("unsloth") is not None
     if config.unsloth == "on" and not available:
         raise DmforgeError("`train.unsloth: on` needs a CUDA GPU and the unsloth package (pip install unsloth).")
-    return config.unsloth != "off" and available
+    return config.unsloth != "off" and available and config.method == "lora"
+
+
+def trainable_model(base_path: Path, config: TrainConfig, hardware: Hardware):
+    """The base, ready to train as `train.method` says: LoRA adapters, or the top layers' own weights."""
+    if config.method == "full":
+        return full_tuning_model(base_path, config, hardware)
+    return lora_model(base_path, config, hardware)
+
+
+def full_tuning_model(base_path: Path, config: TrainConfig, hardware: Hardware):
+    """The base with its top `lora_layers` layers trainable, in float32, and everything else frozen.
+
+    Float32 master weights because a bf16 weight cannot take a small update: its spacing is 2^-8 of its
+    size, and an AdamW step at 1e-4 is smaller than that for most weights, so it would round away. On a
+    bf16 CPU the frozen layers stay bf16 and the trained ones compute in bf16 under autocast
+    (`adapters_in_base_dtype`); on a GPU the whole model runs in float32, which at these sizes costs little.
+    """
+    if config.qlora:
+        raise DmforgeError(
+            "QLoRA trains adapters on a 4-bit base, and `train.method: full` trains the weights themselves. "
+            "Set `train.qlora: false`, or `train.method: lora`."
+        )
+    torch.manual_seed(config.seed)
+    dtype = hardware.dtype if hardware.device == "cpu" else torch.float32
+    model = load_model(base_path, dtype, hardware.device)
+    model.requires_grad_(False)
+    layers = model.get_decoder().layers
+    for layer in layers[len(layers) - config.adapted_layers(len(layers)) :]:
+        layer.to(torch.float32).requires_grad_(True)
+    return model
 
 
 def lora_model(base_path: Path, config: TrainConfig, hardware: Hardware):
@@ -94,7 +125,9 @@ def _unsloth_targets(targets: str | list[str]) -> list[str]:
 
 
 def adapters_in_base_dtype(model):
-    """A context in which the LoRA layers compute in the base's bfloat16 on a CPU; a no-op anywhere else.
+    """A context in which the trained weights compute in the base's bfloat16 on a CPU; a no-op anywhere else.
+
+    The trained weights are the LoRA adapters, or with `train.method: full` the top layers themselves.
 
     PEFT keeps the adapters' weights in float32, as the optimizer needs, and casts each adapted layer's
     input up to meet them: on a bf16 CPU that is a float32 copy of every [tokens, hidden] activation per
@@ -127,7 +160,26 @@ def merge_adapter(base_path: Path, adapter_dir: Path, out: Path, tokenizer) -> N
     from peft import PeftModel
 
     base = load_model(base_path, torch.float32, "cpu")
-    merged = PeftModel.from_pretrained(base, adapter_dir).merge_and_unload()
+    _save_merged(PeftModel.from_pretrained(base, adapter_dir).merge_and_unload(), base_path, out, tokenizer)
+
+
+def merge_trained_layers(base_path: Path, trained: Path, out: Path, tokenizer) -> None:
+    """Base with a `full` run's trained layers in place of its own → one plain model in `out`, in fp32."""
+    from safetensors.torch import load_file
+
+    model = load_model(base_path, torch.float32, "cpu")
+    state = load_file(trained)
+    missing = sorted(set(state) - set(model.state_dict()))
+    if missing:
+        raise DmforgeError(
+            f"{trained} holds weights the base {base_path} does not have ({', '.join(missing[:3])}): it was "
+            "trained from another base. Train again with this base, or set `model.base` to the run's."
+        )
+    model.load_state_dict(state, strict=False)
+    _save_merged(model, base_path, out, tokenizer)
+
+
+def _save_merged(merged, base_path: Path, out: Path, tokenizer) -> None:
     merged.save_pretrained(out, safe_serialization=True)
     tokenizer.save_pretrained(out)
     record = Path(base_path) / SOURCE_RECORD
