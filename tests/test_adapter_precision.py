@@ -11,7 +11,7 @@ import dmforge.training.loss as loss_module
 from dmforge.contract.chat import IGNORE, Sample
 from dmforge.training.batches import collate
 from dmforge.training.frozen import frozen_cache
-from dmforge.training.lora import adapters_in_base_dtype, layer_linear_names
+from dmforge.training.lora import compute_in_base_dtype, layer_linear_names
 from dmforge.training.loss import dm_turn_loss
 
 SIZES = {
@@ -70,7 +70,7 @@ def test_adapters_compute_in_bf16_and_their_float32_weights_take_the_gradients(m
         return value
 
     # PEFT's own path lifts every adapted layer's input to float32; dmforge's keeps it in bf16.
-    monkeypatch.setattr(loss_module, "adapters_in_base_dtype", lambda _m: torch.autocast("cpu", enabled=False))
+    monkeypatch.setattr(loss_module, "compute_in_base_dtype", lambda _m: torch.autocast("cpu", enabled=False))
     assert _adapter_input_dtypes(model, loss) == {torch.float32}
     model.zero_grad()
     loss().backward()
@@ -100,7 +100,7 @@ def test_an_optimizer_step_is_seen_by_the_next_forward():
         )
         return value
 
-    with adapters_in_base_dtype(model):  # a caller may hold the context across steps
+    with compute_in_base_dtype(model):  # a caller may hold the context across steps
         before = loss()
         before.backward()
         optimizer.step()
@@ -113,5 +113,5 @@ def test_an_optimizer_step_is_seen_by_the_next_forward():
 @pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16], ids=["fp32-base", "bf16-adapters"])
 def test_a_base_that_matches_its_adapters_is_left_alone(dtype):
     model = _adapted(torch.float32) if dtype == torch.float32 else _adapted(torch.bfloat16).to(torch.bfloat16)
-    with adapters_in_base_dtype(model):
+    with compute_in_base_dtype(model):
         assert not torch.is_autocast_enabled("cpu")

@@ -23,7 +23,7 @@ from contextlib import contextmanager
 import torch
 
 from dmforge.contract.chat import Sample
-from dmforge.training.lora import adapters_in_base_dtype
+from dmforge.training.lora import compute_in_base_dtype
 
 
 class _PassThrough(torch.nn.Module):
@@ -116,7 +116,7 @@ class FrozenCache:
         """The decoder's output (after the final norm), running only the layers from `first` up."""
         entering = self.entering(samples, input_ids, attention_mask)
         decoder = _decoder(self.model)
-        with _without_lower_layers(decoder, self.first), adapters_in_base_dtype(self.model):
+        with _without_lower_layers(decoder, self.first), compute_in_base_dtype(self.model):
             return decoder(inputs_embeds=entering, attention_mask=attention_mask, use_cache=False).last_hidden_state
 
     @property

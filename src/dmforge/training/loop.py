@@ -37,7 +37,7 @@ from dmforge.training.checkpoint import (
     trainable_state,
 )
 from dmforge.training.frozen import FrozenCache
-from dmforge.training.lora import adapters_in_base_dtype
+from dmforge.training.lora import compute_in_base_dtype
 from dmforge.training.loss import dm_turn_loss, full_logits_loss
 from dmforge.training.validation import Validation, validate
 from dmforge.training.weights import token_weights
@@ -138,7 +138,7 @@ def _neftune(model, alpha: float):
 
 def _step_loss(model, tensors: dict, full_logits: bool, cache=None, samples=None) -> tuple[torch.Tensor, float]:
     if full_logits:  # under DDP the wrapped forward must run, or gradients are not synchronized
-        with adapters_in_base_dtype(model):
+        with compute_in_base_dtype(model):
             logits = model(input_ids=tensors["input_ids"], attention_mask=tensors["attention_mask"]).logits
         return full_logits_loss(logits, tensors["labels"], tensors["weights"])
     ids, mask = tensors["input_ids"], tensors["attention_mask"]

@@ -24,7 +24,7 @@ import torch.nn.functional as F
 from torch.utils.checkpoint import checkpoint
 
 from dmforge.contract.chat import IGNORE
-from dmforge.training.lora import adapters_in_base_dtype
+from dmforge.training.lora import compute_in_base_dtype
 
 CHUNK = 1024  # output-layer rows per chunk: a few hundred MB of logits at most, for any vocabulary
 
@@ -105,7 +105,7 @@ def trained_hidden(
     """
     decoder, lm_head, softcap = _model_parts(model)
     if hidden is None:
-        with adapters_in_base_dtype(model):
+        with compute_in_base_dtype(model):
             hidden = decoder(input_ids=input_ids, attention_mask=attention_mask, use_cache=False).last_hidden_state
     targets = labels[:, 1:]
     mask = targets != IGNORE
