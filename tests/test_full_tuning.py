@@ -13,7 +13,7 @@ from dmforge.contract.chat import IGNORE, Sample
 from dmforge.errors import DmforgeError
 from dmforge.models.hardware import Hardware
 from dmforge.training.batches import collate
-from dmforge.training.checkpoint import trainable_state
+from dmforge.training.checkpoint import write_trainable_state
 from dmforge.training.frozen import frozen_cache
 from dmforge.training.lora import merge_trained_layers, trainable_model
 from dmforge.training.loss import dm_turn_loss
@@ -76,7 +76,7 @@ def test_a_step_moves_the_trained_layers_only_and_merges_into_a_plain_model(base
     assert moved == {name for name, p in model.named_parameters() if p.requires_grad}
 
     trained = tmp_path / "trained-layers.safetensors"
-    save_file(trainable_state(model), trained)
+    write_trainable_state(trained, model)
     tokenizer = PreTrainedTokenizerFast(tokenizer_object=Tokenizer(models.WordLevel({"[UNK]": 0}, unk_token="[UNK]")))
     merge_trained_layers(base, trained, tmp_path / "merged", tokenizer)
     merged = dict(AutoModelForCausalLM.from_pretrained(tmp_path / "merged").named_parameters())

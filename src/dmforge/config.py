@@ -193,7 +193,8 @@ class TrainConfig(_Section):
         description="What trains on the top `lora_layers` layers: LoRA adapters (`lora`), or the layers' own "
         "weights (`full`: float32 master copies, computed in bf16 on a CPU; LLaMA-Factory's freeze tuning). A "
         "`full` run has no adapter apart from the base, so it deploys merged and cannot be continued by an "
-        "incremental run. It needs a rate near 1e-4 (`learning_rate`).",
+        "incremental run. It needs a rate near 1e-4 (`learning_rate`). At 2e-4 and equal minutes it called worse "
+        "than LoRA (held-out intent 0.358 against 0.406; docs/model-quality.md, round 10), so LoRA is the default.",
     )
     lora_r: int = Field(16, ge=1, description="LoRA rank.")
     lora_alpha: int = Field(32, ge=1)

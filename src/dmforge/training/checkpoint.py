@@ -9,6 +9,7 @@ safetensors or `torch.save` and read back with `weights_only=True`: no pickled c
 from __future__ import annotations
 
 import json
+import os
 import random
 import shutil
 from dataclasses import asdict, dataclass, field
@@ -17,7 +18,7 @@ from pathlib import Path
 import torch
 from safetensors.torch import load_file, save_file
 
-from dmforge.files import staged_dir
+from dmforge.files import fsync_file, partial_path, staged_dir
 
 KEEP = 2  # checkpoints kept besides the best adapter
 
@@ -40,6 +41,18 @@ class LoopState:
 
 def trainable_state(model) -> dict[str, torch.Tensor]:
     return {name: p.detach().clone().contiguous() for name, p in model.named_parameters() if p.requires_grad}
+
+
+def write_trainable_state(path: Path, model) -> None:
+    """The trainable weights into `path`: written beside under a name of its own, flushed, and renamed, so a
+    crash never leaves a torn file under the real name."""
+    tmp = partial_path(path)
+    try:
+        save_file(trainable_state(model), tmp)
+        fsync_file(tmp)
+        os.replace(tmp, path)
+    finally:
+        tmp.unlink(missing_ok=True)
 
 
 def load_trainable_state(model, tensors: dict[str, torch.Tensor]) -> None:

@@ -27,7 +27,7 @@ import torch
 import yaml
 from rich.console import Console
 from rich.markup import escape
-from safetensors.torch import load_file, save_file
+from safetensors.torch import load_file
 
 from dmforge import __version__
 from dmforge.config import DmforgeConfig
@@ -35,7 +35,7 @@ from dmforge.contract.chat import ChatFormat, Sample, build_samples, detect_chat
 from dmforge.dataset import build_dataset, corpus_fingerprint
 from dmforge.dataset.build import DatasetStats
 from dmforge.errors import DmforgeError
-from dmforge.files import fsync_file, partial_path, read_json, write_json, write_text
+from dmforge.files import read_json, write_json, write_text
 from dmforge.locks import hold_run_folder
 from dmforge.models.catalog import CACTUS_ARCHITECTURES
 from dmforge.models.hardware import detect_hardware
@@ -44,7 +44,7 @@ from dmforge.models.resolve import resolve_base
 from dmforge.registry.runs import TRAINED_LAYERS, BaseRecord, RunManifest, scenario_hashes, write_manifest
 from dmforge.scenarios import CheckReport, check_paths
 from dmforge.tools.registry import Registry
-from dmforge.training.checkpoint import load_trainable_state, trainable_state
+from dmforge.training.checkpoint import load_trainable_state, write_trainable_state
 from dmforge.training.frozen import frozen_cache
 from dmforge.training.incremental import Lineage, incremental_samples, load_parent_adapter, scaled_steps
 from dmforge.training.loop import make_plan, train_loop, validation_passes
@@ -269,15 +269,8 @@ def _save_trained(model, method: str, run_dir: Path) -> Path:
     if method == "lora":
         model.save_pretrained(run_dir / "adapter")
         return run_dir / "adapter"
-    path = run_dir / TRAINED_LAYERS
-    tmp = partial_path(path)  # written beside, flushed and renamed: never a torn file under the real name
-    try:
-        save_file(trainable_state(model), tmp)
-        fsync_file(tmp)
-        os.replace(tmp, path)
-    finally:
-        tmp.unlink(missing_ok=True)
-    return path
+    write_trainable_state(run_dir / TRAINED_LAYERS, model)
+    return run_dir / TRAINED_LAYERS
 
 
 def _build(config, registry, tokenizer, run_dir: Path, lineage: Lineage | None) -> RunData:

@@ -9,7 +9,6 @@ runs it on several GPUs under `accelerate launch`.
 from __future__ import annotations
 
 import math
-import os
 import time
 from collections.abc import Callable
 from contextlib import nullcontext
@@ -19,12 +18,10 @@ from pathlib import Path
 import torch
 from rich.console import Console
 from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
-from safetensors.torch import save_file
 
 from dmforge.config import TrainConfig
 from dmforge.contract.chat import Sample
 from dmforge.errors import DmforgeError
-from dmforge.files import fsync_file, partial_path
 from dmforge.interrupts import deferred
 from dmforge.training.batches import collate, epoch_batches
 from dmforge.training.batches import to_device as _to
@@ -34,7 +31,7 @@ from dmforge.training.checkpoint import (
     load_checkpoint,
     rng_state,
     save_checkpoint,
-    trainable_state,
+    write_trainable_state,
 )
 from dmforge.training.frozen import FrozenCache
 from dmforge.training.lora import compute_in_base_dtype
@@ -119,7 +116,7 @@ def _validate_and_select(
     if not is_better(result, state, config.select_by):
         return False
     state.best_val, state.best_score, state.best_step = result.loss, result.call_score, state.step
-    _save_best(best_path, model)
+    write_trainable_state(best_path, model)  # never a torn "best" file, whatever stops the run
     return True
 
 
@@ -391,17 +388,6 @@ def _interrupted(checkpoints: Path, model, optimizer, scheduler, state: LoopStat
         "to resume exactly where it stopped.",
         exit_code=130,
     ) from None
-
-
-def _save_best(path: Path, model) -> None:
-    # Written beside under a name of its own, flushed, and renamed: a crash never leaves a torn "best" adapter.
-    tmp = partial_path(path)
-    try:
-        save_file(trainable_state(model), tmp)
-        fsync_file(tmp)
-        os.replace(tmp, path)
-    finally:
-        tmp.unlink(missing_ok=True)
 
 
 def _fmt(value: float | None) -> str:
