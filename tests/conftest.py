@@ -21,6 +21,23 @@ SMOLLM2_CHAT_FORMAT = {
     "reply_header": 4,
 }
 CORPUS = ROOT / "data" / "scenarios"
+# A decoder that builds in milliseconds, with four layers so that some can be frozen and some trained.
+TINY_DECODER = {
+    "hidden_size": 64,
+    "intermediate_size": 128,
+    "num_hidden_layers": 4,
+    "num_attention_heads": 4,
+    "num_key_value_heads": 2,
+    "vocab_size": 96,
+    "head_dim": 16,
+}
+
+
+def tiny_llama():
+    from transformers import LlamaConfig, LlamaForCausalLM
+
+    return LlamaForCausalLM(LlamaConfig(**TINY_DECODER, max_position_embeddings=64))
+
 
 VALID = textwrap.dedent(
     """\

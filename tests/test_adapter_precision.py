@@ -5,30 +5,19 @@ from __future__ import annotations
 import pytest
 import torch
 from peft import LoraConfig, get_peft_model
-from transformers import LlamaConfig, LlamaForCausalLM
 
 import dmforge.training.loss as loss_module
+from conftest import TINY_DECODER, tiny_llama
 from dmforge.contract.chat import IGNORE, Sample
 from dmforge.training.batches import collate
 from dmforge.training.frozen import frozen_cache
 from dmforge.training.lora import compute_in_base_dtype, layer_linear_names
 from dmforge.training.loss import dm_turn_loss
 
-SIZES = {
-    "hidden_size": 64,
-    "intermediate_size": 128,
-    "num_hidden_layers": 4,
-    "num_attention_heads": 4,
-    "num_key_value_heads": 2,
-    "vocab_size": 96,
-    "head_dim": 16,
-    "max_position_embeddings": 64,
-}
-
 
 def _adapted(dtype: torch.dtype):
     torch.manual_seed(0)
-    model = LlamaForCausalLM(LlamaConfig(**SIZES)).to(dtype)
+    model = tiny_llama().to(dtype)
     lora = LoraConfig(r=4, lora_alpha=8, target_modules=layer_linear_names(model), layers_to_transform=[2, 3])
     adapted = get_peft_model(model, lora)  # PEFT keeps the adapters in float32 under a bf16 base
     for name, p in adapted.named_parameters():
@@ -39,7 +28,7 @@ def _adapted(dtype: torch.dtype):
 
 def _batch():
     gen = torch.Generator().manual_seed(1)
-    ids = torch.randint(0, SIZES["vocab_size"], (30,), generator=gen).tolist()
+    ids = torch.randint(0, TINY_DECODER["vocab_size"], (30,), generator=gen).tolist()
     sample = Sample("c", ids, [IGNORE] * 6 + ids[6:])
     return [sample], collate([sample], pad_id=0)
 

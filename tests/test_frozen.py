@@ -5,34 +5,21 @@ from __future__ import annotations
 import pytest
 import torch
 from peft import LoraConfig, get_peft_model
-from transformers import Gemma3ForCausalLM, Gemma3TextConfig, LlamaConfig, LlamaForCausalLM
+from transformers import Gemma3ForCausalLM, Gemma3TextConfig
 
+from conftest import TINY_DECODER, tiny_llama
 from dmforge.contract.chat import IGNORE, Sample
 from dmforge.training.batches import collate
 from dmforge.training.frozen import _PassThrough, frozen_cache, lowest_trained_layer
 from dmforge.training.lora import layer_linear_names
 from dmforge.training.loss import dm_turn_loss
 
-SIZES = {
-    "hidden_size": 64,
-    "intermediate_size": 128,
-    "num_hidden_layers": 4,
-    "num_attention_heads": 4,
-    "num_key_value_heads": 2,
-    "vocab_size": 96,
-    "head_dim": 16,
-}
-
-
-def _llama():
-    return LlamaForCausalLM(LlamaConfig(**SIZES, max_position_embeddings=64))
-
 
 def _gemma3():
     # A sliding window shorter than the samples, and both layer types among the frozen and the adapted
     # layers: the cache must keep each layer's own mask and rotary embedding.
     config = Gemma3TextConfig(
-        **SIZES,
+        **TINY_DECODER,
         max_position_embeddings=64,
         sliding_window=4,
         layer_types=["sliding_attention", "full_attention", "sliding_attention", "full_attention"],
@@ -51,7 +38,7 @@ def _samples() -> list[Sample]:
     gen = torch.Generator().manual_seed(1)
     out = []
     for n in (23, 17):
-        ids = torch.randint(0, SIZES["vocab_size"], (n,), generator=gen).tolist()
+        ids = torch.randint(0, TINY_DECODER["vocab_size"], (n,), generator=gen).tolist()
         labels = [IGNORE] * 5 + ids[5:]
         out.append(Sample("c", ids, labels))
     return out
@@ -68,7 +55,7 @@ def _loss_and_grads(model, samples, cache=None):
     return float(loss), grads
 
 
-@pytest.mark.parametrize("build", [_llama, _gemma3], ids=["llama", "gemma3"])
+@pytest.mark.parametrize("build", [tiny_llama, _gemma3], ids=["llama", "gemma3"])
 def test_training_on_kept_states_matches_the_plain_pass(build):
     torch.manual_seed(0)
     model = _adapted(build(), [2, 3])
@@ -94,7 +81,7 @@ def test_training_on_kept_states_matches_the_plain_pass(build):
 def test_a_single_sample_reused_from_a_padded_batch_matches():
     """A state kept from a padded batch serves the sample alone, and the other way round."""
     torch.manual_seed(0)
-    model = _adapted(_llama(), [3])
+    model = _adapted(tiny_llama(), [3])
     samples = _samples()
     cache = frozen_cache(model, enabled=True)
     _loss_and_grads(model, samples, cache)
@@ -104,9 +91,9 @@ def test_a_single_sample_reused_from_a_padded_batch_matches():
 
 
 def test_nothing_is_cached_when_the_lowest_layer_or_the_embeddings_train():
-    model = _adapted(_llama(), [0, 1, 2, 3])
+    model = _adapted(tiny_llama(), [0, 1, 2, 3])
     assert lowest_trained_layer(model) is None and frozen_cache(model, enabled=True) is None
-    top = _adapted(_llama(), [2, 3])
+    top = _adapted(tiny_llama(), [2, 3])
     assert frozen_cache(top, enabled=False) is None
     top.get_base_model().get_input_embeddings().weight.requires_grad_(True)
     assert lowest_trained_layer(top) is None

@@ -6,8 +6,9 @@ import pytest
 import torch
 from safetensors.torch import save_file
 from tokenizers import Tokenizer, models
-from transformers import AutoModelForCausalLM, LlamaConfig, LlamaForCausalLM, PreTrainedTokenizerFast
+from transformers import AutoModelForCausalLM, PreTrainedTokenizerFast
 
+from conftest import TINY_DECODER, tiny_llama
 from dmforge.config import TrainConfig, load_config
 from dmforge.contract.chat import IGNORE, Sample
 from dmforge.errors import DmforgeError
@@ -18,16 +19,6 @@ from dmforge.training.frozen import frozen_cache
 from dmforge.training.lora import merge_trained_layers, trainable_model
 from dmforge.training.loss import dm_turn_loss
 
-SIZES = {
-    "hidden_size": 64,
-    "intermediate_size": 128,
-    "num_hidden_layers": 4,
-    "num_attention_heads": 4,
-    "num_key_value_heads": 2,
-    "vocab_size": 96,
-    "head_dim": 16,
-    "max_position_embeddings": 64,
-}
 BF16_CPU = Hardware("cpu", torch.bfloat16, 2, "CPU", 8 << 30)
 
 
@@ -35,7 +26,7 @@ BF16_CPU = Hardware("cpu", torch.bfloat16, 2, "CPU", 8 << 30)
 def base(tmp_path):
     torch.manual_seed(0)
     path = tmp_path / "base"
-    LlamaForCausalLM(LlamaConfig(**SIZES)).save_pretrained(path)
+    tiny_llama().save_pretrained(path)
     return path
 
 
@@ -45,7 +36,7 @@ def _full(layers: int = 2) -> TrainConfig:
 
 def _batch():
     gen = torch.Generator().manual_seed(1)
-    ids = torch.randint(0, SIZES["vocab_size"], (30,), generator=gen).tolist()
+    ids = torch.randint(0, TINY_DECODER["vocab_size"], (30,), generator=gen).tolist()
     sample = Sample("c", ids, [IGNORE] * 6 + ids[6:])
     return [sample], collate([sample], pad_id=0)
 
