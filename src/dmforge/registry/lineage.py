@@ -49,11 +49,11 @@ def plan_run(runs_root: Path, options: dict, scenarios: dict[str, str], from_scr
             f"a full run: {len(removed)} scenario file(s) of {parent.id} were removed ({', '.join(removed[:3])}), "
             "and an update cannot make the model forget them",
         )
-    adapter = Path(parent.run_dir) / "adapter"
     if (Path(parent.run_dir) / TRAINED_LAYERS).is_file():
         return RunPlan(
             None, f"a full run: {parent.id} trained its layers' own weights (`train.method: full`), not an adapter"
         )
+    adapter = Path(parent.run_dir) / "adapter"
     if not (adapter / "adapter_model.safetensors").is_file():
         return RunPlan(None, f"a full run: {parent.id}'s adapter ({adapter}) is gone, so there is nothing to continue")
     changed = tuple(sorted(sid for sid, digest in scenarios.items() if parent.scenarios.get(sid) != digest))

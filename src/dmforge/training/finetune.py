@@ -232,11 +232,8 @@ def _finetune_locked(
         load_trainable_state(model, load_file(best))
     with console.status("saving what trained and merging it into the base…"):
         unwrapped = accelerator.unwrap_model(model) if accelerator else model
-        trained, merged = _save_trained(unwrapped, t.method, run_dir), run_dir / "merged"
-        if t.method == "full":
-            merge_trained_layers(base.path, trained, merged, tokenizer)
-        else:
-            merge_adapter(base.path, trained, merged, tokenizer)
+        merged = run_dir / "merged"
+        trained = _save_and_merge(unwrapped, t.method, run_dir, base.path, merged, tokenizer)
         first = (data.conversations["validation"] or data.conversations["train"])[0]
         sample = _sample_reply(merged, tokenizer, data.fmt, first)
 
@@ -264,12 +261,15 @@ def _finetune_locked(
     return FinetuneResult(run_dir, merged, metrics)
 
 
-def _save_trained(model, method: str, run_dir: Path) -> Path:
-    """What the run trained, in its run folder: the LoRA adapter (PEFT's folder) or the trained layers' weights."""
+def _save_and_merge(model, method: str, run_dir: Path, base_path: Path, merged: Path, tokenizer) -> Path:
+    """Save what the run trained into its folder, the LoRA adapter (PEFT's folder) or the trained layers'
+    weights, and fold it into the base as `merged`; the saved path."""
     if method == "lora":
         model.save_pretrained(run_dir / "adapter")
+        merge_adapter(base_path, run_dir / "adapter", merged, tokenizer)
         return run_dir / "adapter"
     write_trainable_state(run_dir / TRAINED_LAYERS, model)
+    merge_trained_layers(base_path, run_dir / TRAINED_LAYERS, merged, tokenizer)
     return run_dir / TRAINED_LAYERS
 
 
