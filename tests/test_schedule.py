@@ -101,3 +101,20 @@ def test_the_plan_leaves_room_for_the_validation_passes():
     assert fit + 3 * _passes(fit, config, held_out) <= 600 < (fit + 1) + 3 * _passes(fit + 1, config, held_out)
     assert fit == 564  # 564 steps and 12 passes: 600 s
     assert _steps_with_validation(preflight, config, 600.0, []) == 600  # nothing to validate, nothing to leave
+
+
+def test_a_budget_short_of_the_measured_plateau_says_what_it_costs_and_the_minutes_that_buy_the_rest():
+    """The same machine as above: 10 minutes fit 0.94 epochs. 2.5 epochs are 1500 steps (600 s, then 900 s at the
+    same speed) and 30 validation passes of 3 s: 1590 s, so 27 minutes."""
+    from dmforge.contract.chat import Sample
+    from dmforge.training.finetune import CALLS_PLATEAU_EPOCHS, short_budget_tip
+    from dmforge.training.preflight import PreflightReport
+
+    preflight = PreflightReport(1000.0, 0, 1, seconds_per_epoch=600.0, total_seconds=600.0, total_steps=600)
+    held_out = [Sample("held-out", [0] * 1000, [0] * 1000) for _ in range(10)]
+    config = TrainConfig(max_minutes=10, eval_every=50)
+    tip = short_budget_tip(preflight, config, 600.0, held_out, 564)
+    assert tip is not None
+    assert "fits 0.9 epochs in 10 minutes" in tip and "`train.max_minutes: 27`" in tip
+    # A budget that reaches the plateau has nothing to say.
+    assert short_budget_tip(preflight, config, 600.0, held_out, int(CALLS_PLATEAU_EPOCHS * 600)) is None
