@@ -106,6 +106,15 @@ VARIANTS: dict[str, tuple[str, dict]] = {
         "top 15 layers cached, argument tokens 10x, learning rate 5e-3",
         {"train": {"lora_layers": 15, "argument_loss_weight": 10.0, "learning_rate": 5e-3}},
     ),
+    "top15-arg10-lr7e-3": (
+        "top 15 layers cached, argument tokens 10x, learning rate 7e-3",
+        {"train": {"lora_layers": 15, "argument_loss_weight": 10.0, "learning_rate": 7e-3}},
+    ),
+    "calls-x3": (
+        "call tokens 9x and argument tokens 30x (the default's 3x and 10x, tripled), narration still 1: the calls "
+        "pull three times as hard against the narration as in the default",
+        {"train": {"call_loss_weight": 9.0, "argument_loss_weight": 30.0}},
+    ),
     "top15-arg10-lr5e-3-decision10": (
         "top 15 layers cached, argument tokens 10x, learning rate 5e-3, each turn's first token (call or not) 10x",
         {
