@@ -182,8 +182,9 @@ class TrainConfig(_Section):
         lt=1,
         description="Peak learning rate (cosine after warmup). LoRA on the top half of a sub-1B base, 4 samples a "
         "step, 213 steps: 5e-3 reached held-out intent 0.381 in llama.cpp where 3e-3 reached 0.356 and 1e-3 (at 40 "
-        "minutes) 0.265 (docs/model-quality.md, rounds 4 and 5). One sample a step at 2.5e-3 ended level with four "
-        "at 5e-3 in equal minutes (round 9).",
+        "minutes) 0.265 (docs/model-quality.md, rounds 4 and 5); at the default run's 363 steps 7e-3 fell behind 5e-3 "
+        "(screened intent 0.402 against 0.406, decision 0.805 against 0.825; round 11). One sample a step at 2.5e-3 "
+        "ended level with four at 5e-3 in equal minutes (round 9).",
     )
     warmup_steps: int = Field(5, ge=0)
     weight_decay: float = Field(0.0, ge=0)
