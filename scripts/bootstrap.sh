@@ -28,7 +28,7 @@ dmforge_find_python() {
 # DMFORGE_INSTALL_MB overrides the estimate.
 dmforge_check_space() {
   local need_mb=3000 free_kb
-  [ -d .venv/lib ] && find .venv/lib -maxdepth 4 -name "torch-${TORCH_VERSION}*.dist-info" | grep -q . && need_mb=500
+  compgen -G ".venv/lib/python*/site-packages/torch-${TORCH_VERSION}*.dist-info" >/dev/null && need_mb=500
   need_mb="${DMFORGE_INSTALL_MB:-$need_mb}"
   free_kb="$(df -Pk . 2>/dev/null | awk 'NR == 2 {print $4}')"
   case "$free_kb" in ''|*[!0-9]*) return 0 ;; esac  # df unreadable here: let pip find out

@@ -17,7 +17,8 @@ pytestmark = pytest.mark.skipif(sys.platform == "win32", reason="bootstrap.sh is
 
 
 def _check_space(project: Path, free_mb: int, **env: str) -> subprocess.CompletedProcess:
-    """Run dmforge_check_space in `project` with a `df` that reports `free_mb` free."""
+    """Run dmforge_check_space in `project`, under the shell options test.sh and train.sh set, with a `df`
+    that reports `free_mb` free."""
     bin_dir = project / "fake-bin"
     bin_dir.mkdir(exist_ok=True)
     df = bin_dir / "df"
@@ -29,7 +30,7 @@ def _check_space(project: Path, free_mb: int, **env: str) -> subprocess.Complete
     df.chmod(0o755)
     clean = {k: v for k, v in os.environ.items() if k != "DMFORGE_INSTALL_MB"}
     return subprocess.run(
-        ["bash", "-c", f"source {SCRIPT}; dmforge_check_space && echo fits"],
+        ["bash", "-c", f"set -euo pipefail; source {SCRIPT}; dmforge_check_space && echo fits"],
         capture_output=True,
         text=True,
         cwd=project,
