@@ -99,6 +99,9 @@ def test_build_prints_stats_and_json(tmp_path: Path):
     assert stats["out"] == str(out) and stats["tool_calls"] == checked["tool_calls"] > 0
     human = dmforge("data", "build", "--scenarios", str(CORPUS), "--out", str(out))
     assert "calls per tool" in human.stdout and "DM turns without calls" in human.stdout
+    armed = dmforge("data", "build", "--scenarios", str(CORPUS), "--out", str(out), "--arms", "1", "--json")
+    assert armed.returncode == 0, armed.stderr
+    assert json.loads(armed.stdout)["augmented"] > 0 == stats["augmented"]
 
 
 def test_version():

@@ -66,6 +66,15 @@ class DataConfig(_Section):
     augment_copies: int = Field(
         0, ge=0, le=10, description="Extra renamed copies of each training scenario (party and places)."
     )
+    arms_copies: int = Field(
+        0,
+        ge=0,
+        le=10,
+        description="Extra copies of each training scenario in which a weapon hits: each with its weapons swapped for "
+        "others of their kind (a longbow for a shortbow), every hit's damage dice rewritten by the SRD table, and "
+        "the party and place renamed, so the corpus teaches which die each weapon rolls (docs/model-quality.md, "
+        "round 12).",
+    )
     dedupe: bool = Field(True, description="Drop conversations that are exact duplicates of another.")
     call_order: Literal["as_written", "first"] = Field(
         "first",

@@ -168,6 +168,14 @@ def data_build(
     augment: Annotated[
         int | None, typer.Option(help="Renamed copies of each training scenario (0 = none).", min=0)
     ] = None,
+    arms: Annotated[
+        int | None,
+        typer.Option(
+            help="Copies of each training scenario in which a weapon hits, with other weapons of their kind and "
+            "their damage dice (0 = none).",
+            min=0,
+        ),
+    ] = None,
     validation_fraction: Annotated[float | None, typer.Option(help="Share held out per category.")] = None,
     seed: Annotated[int | None, typer.Option(help="Seed for the split and augmentation.")] = None,
     as_json: Annotated[bool, typer.Option("--json", help="Print the stats as JSON.")] = False,
@@ -178,6 +186,7 @@ def data_build(
         "scenarios": scenarios,
         "out": out,
         "augment_copies": augment,
+        "arms_copies": arms,
         "validation_fraction": validation_fraction,
         "seed": seed,
     }

@@ -167,7 +167,7 @@ def _renamer(mapping: dict[str, str]):
     return lambda text: pattern.sub(lambda m: mapping[m.group(1)], text)
 
 
-def _calls_intact(original: Scenario, renamed: Scenario, registry: Registry) -> bool:
+def calls_intact(original: Scenario, renamed: Scenario, registry: Registry) -> bool:
     for index, (before, after) in enumerate(zip(original.turns, renamed.turns, strict=True)):
         if after.kind is TurnKind.DM:
             if [c.name for c in after.calls] != [c.name for c in before.calls]:
@@ -204,6 +204,6 @@ def rename_scenario(scenario: Scenario, registry: Registry, seed: int, copy_inde
                 result.result = rename(result.result)
     except CallSyntaxError:
         return None
-    if not _calls_intact(scenario, renamed, registry):
+    if not calls_intact(scenario, renamed, registry):
         return None
     return renamed

@@ -16,6 +16,7 @@ from pathlib import Path
 
 from dmforge import __version__
 from dmforge.config import DataConfig
+from dmforge.dataset.arms import ARMS_RENAME, swap_arms
 from dmforge.dataset.augment import rename_scenario
 from dmforge.dataset.conversation import conversation_fingerprint, to_conversation
 from dmforge.dataset.split import read_validation_list, split_scenarios
@@ -174,6 +175,12 @@ def build_dataset(
                 copy = rename_scenario(scenario, registry, config.seed, k)
                 if copy is not None:
                     conversations[split].append(to_conversation(copy, config, f"{scenario.id}#aug{k}"))
+                    augmented += 1
+            for k in range(1, config.arms_copies + 1) if split == "train" else ():
+                armed = swap_arms(scenario, registry, config.seed, k)
+                if armed is not scenario:
+                    armed = rename_scenario(armed, registry, config.seed, ARMS_RENAME + k) or armed
+                    conversations[split].append(to_conversation(armed, config, f"{scenario.id}#arms{k}"))
                     augmented += 1
 
     dupes = 0
