@@ -115,6 +115,12 @@ VARIANTS: dict[str, tuple[str, dict]] = {
         "pull three times as hard against the narration as in the default",
         {"train": {"call_loss_weight": 9.0, "argument_loss_weight": 30.0}},
     ),
+    "arms2": (
+        "two extra copies of each training scene in which a weapon of the SRD table hits, each with other weapons "
+        "of their kind and every hit's damage dice rewritten by the table (data.arms_copies 2): the held-out "
+        "damage calls were right on 1 of 27 turns",
+        {"data": {"arms_copies": 2}},
+    ),
     "top15-arg10-lr5e-3-decision10": (
         "top 15 layers cached, argument tokens 10x, learning rate 5e-3, each turn's first token (call or not) 10x",
         {
