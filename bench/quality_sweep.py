@@ -111,8 +111,9 @@ VARIANTS: dict[str, tuple[str, dict]] = {
         {"train": {"lora_layers": 15, "argument_loss_weight": 10.0, "learning_rate": 7e-3}},
     ),
     "calls-x3": (
-        "call tokens 9x and argument tokens 30x (the default's 3x and 10x, tripled), narration still 1: the calls "
-        "pull three times as hard against the narration as in the default",
+        "call tokens 9x and argument tokens 30x (the default's 3x and 10x, tripled), narration still 1 (round 12, at "
+        "the default's 363 steps: screened decision 0.820, intent 0.385, exact 0.304, tool 0.783 against 0.825, "
+        "0.406, 0.303, 0.861, so the default's weights stay)",
         {"train": {"call_loss_weight": 9.0, "argument_loss_weight": 30.0}},
     ),
     "arms2": (
