@@ -118,8 +118,8 @@ VARIANTS: dict[str, tuple[str, dict]] = {
     ),
     "arms2": (
         "two extra copies of each training scene in which a weapon of the SRD table hits, each with other weapons "
-        "of their kind and every hit's damage dice rewritten by the table (data.arms_copies 2): the held-out "
-        "damage calls were right on 1 of 27 turns",
+        "of their kind and every hit's damage dice rewritten by the table (data.arms_copies 2; round 12, at the "
+        "default's 363 steps: screened decision 0.807, intent 0.379, exact 0.291 against 0.825, 0.406, 0.303)",
         {"data": {"arms_copies": 2}},
     ),
     "top15-arg10-lr5e-3-decision10": (
