@@ -24,7 +24,7 @@ from dataclasses import dataclass
 from dmforge.dataset.augment import calls_intact
 from dmforge.scenarios.model import Scenario, TurnKind
 from dmforge.tools.registry import Registry
-from dmforge.tools.syntax import CallSyntaxError, ToolCall, find_calls, parse, scan_brackets
+from dmforge.tools.syntax import ToolCall, find_calls, scan_brackets
 
 # (kind, dice) per weapon: the table in docs/dm-rules.md §7 (tests/test_arms.py keeps them equal), in
 # kinds of weapons a scene can swap without its narration going wrong. Weapons whose kind has no other
@@ -135,14 +135,14 @@ def _possible(hit: _Hit, weapon: str) -> bool:
     """The new dice could have rolled the damage the scene records."""
     if hit.result is None:
         return True
-    count, size, _ = _dice(_new_dice(hit, weapon))
+    count, size, _ = _dice(WEAPONS[weapon][1])
+    count *= hit.crit
     modifier = int(hit.modifier or 0)
     return count + modifier <= hit.result <= count * size + modifier
 
 
-def plan_swaps(scenario: Scenario, rng: random.Random) -> dict[str, str]:
+def _plan_swaps(hits: list[_Hit], broken: set[str], rng: random.Random) -> dict[str, str]:
     """Each swappable weapon of the scene → another of its kind with a different die, chosen by `rng`."""
-    hits, broken = _find_hits(scenario)
     plan: dict[str, str] = {}
     for weapon in sorted({h.weapon for h in hits} - broken):
         kind, dice = WEAPONS[weapon]
@@ -186,10 +186,10 @@ def swap_arms(scenario: Scenario, registry: Registry, seed: int, copy_index: int
     """A copy of `scenario` with its weapons swapped and their damage rewritten; `scenario` itself when no
     weapon in it can be swapped, or when a swapped call would no longer validate or match its result."""
     rng = random.Random(f"arms:{seed}:{scenario.id}:{copy_index}")
-    plan = plan_swaps(scenario, rng)
+    hits, broken = _find_hits(scenario)
+    plan = _plan_swaps(hits, broken, rng)
     if not plan:
         return scenario
-    hits, _ = _find_hits(scenario)
     swapped = copy.deepcopy(scenario)
     swap = _word_swapper(plan)
     swapped.header.party = swap(swapped.header.party)
@@ -199,20 +199,17 @@ def swap_arms(scenario: Scenario, registry: Registry, seed: int, copy_index: int
         if hit.weapon in plan:
             turn = swapped.turns[hit.turn]
             turn.text = _rewrite_dice(turn.text, hit.call, _new_dice(hit, plan[hit.weapon]))
-    try:
-        for index, turn in enumerate(swapped.turns):
-            turn.text = swap(turn.text)
-            if turn.kind is TurnKind.DM:
-                turn.calls = find_calls(turn.text)
-            elif turn.kind is TurnKind.TOOLCALL:
-                # The TOOLCALL echoes calls of the DM turn before it, which now read differently: each
-                # result takes the new form of the call it echoed.
-                was = [c.normalized() for c in scenario.turns[index - 1].calls]
-                now = swapped.turns[index - 1].calls
-                for result, original in zip(turn.results, scenario.turns[index].results, strict=True):
-                    key = original.call.normalized()
-                    result.call = parse(str(now[was.index(key)])) if key in was else parse(swap(str(result.call)))
-                turn.text = "\n".join(f"{r.call} => {r.result}" for r in turn.results)
-    except CallSyntaxError:
-        return scenario
+    for index, turn in enumerate(swapped.turns):
+        turn.text = swap(turn.text)
+        if turn.kind is TurnKind.DM:
+            turn.calls = find_calls(turn.text)  # a call the swap broke drops out here, and calls_intact sees it
+        elif turn.kind is TurnKind.TOOLCALL:
+            # The TOOLCALL echoes calls of the DM turn before it, which now read differently: each result
+            # takes the new form of the call it echoed.
+            was = [c.normalized() for c in scenario.turns[index - 1].calls]
+            now = swapped.turns[index - 1].calls
+            for result in turn.results:
+                key = result.call.normalized()
+                result.call = now[was.index(key)] if key in was else result.call
+            turn.text = "\n".join(f"{r.call} => {r.result}" for r in turn.results)
     return swapped if calls_intact(scenario, swapped, registry) else scenario
