@@ -75,6 +75,7 @@ class Runtime:
         self.meta = gguf_metadata(path)
         self.vocab = llama_cpp.llama_model_get_vocab(self.llm.model)
         self._scorer = None
+        self._call_tokens: np.ndarray | None = None  # built on first use: a pass over the vocabulary
 
     # --- prompts ---------------------------------------------------------------------------------------
     def count(self, text: str) -> int:
@@ -135,6 +136,33 @@ class Runtime:
         finally:
             sampler.free()
         return Reply(self._text(out).strip(), len(out), stop)
+
+    def opening_margin(self, messages: list[dict], decode: DecodeConfig) -> float:
+        """How far the reply's first token leans to a call: the best `[` token's logit minus the best other's.
+
+        Read after the repetition penalties and DRY, which is what greedy decoding compares (top-k, top-p and
+        min-p keep the best token, and the grammar allows both a call and narration at the start), so the
+        reply opens with a call exactly when the margin is positive. A bias `b` on every `[` token (the
+        app's `logit_bias`) would make it call when the margin exceeds `-b`.
+        """
+        ids = self.prompt_ids(messages)
+        self._load(ids)
+        sampler = self.sampler(decode, None, ids)
+        try:
+            logits = sampler.penalized_logits(self.llm._ctx.ctx, -1)
+        finally:
+            sampler.free()
+        calls = self._opens_call()
+        return float(logits[calls].max() - logits[~calls].max())
+
+    def _opens_call(self) -> np.ndarray:
+        """Which tokens start a call at the start of a reply: those whose text, leading spaces aside, starts `[`."""
+        if self._call_tokens is None:
+            import llama_cpp as lc
+
+            pieces = (self.llm.detokenize([i]) for i in range(lc.llama_vocab_n_tokens(self.vocab)))
+            self._call_tokens = np.array([p.lstrip().startswith(b"[") for p in pieces])
+        return self._call_tokens
 
     def _text(self, tokens: list[int]) -> str:
         return self.llm.detokenize(tokens, special=False).decode("utf-8", errors="ignore")
@@ -228,6 +256,17 @@ class AppSampler:
         logits = np.ctypeslib.as_array(lc.llama_get_logits_ith(ctx, index), shape=(self._vocab_size,))
         self._view["id"], self._view["logit"], self._view["p"] = self._ids, logits, 0.0
         return lc.llama_token_data_array(self._data, self._vocab_size, -1, False)
+
+    def penalized_logits(self, ctx, index: int) -> np.ndarray:
+        """The logits at batch position `index` after the repetition penalties and DRY, indexed by token id;
+        the state is left as it was (nothing is accepted)."""
+        lc = self._lc
+        candidates = self._candidates(ctx, index)
+        for position in self._history:
+            lc.llama_sampler_apply(lc.llama_sampler_chain_get(self.chain, position), ctypes.byref(candidates))
+        out = np.empty(self._vocab_size, dtype=np.float32)
+        out[self._view["id"]] = self._view["logit"]  # a sampler may reorder the candidates; ids put them back
+        return out
 
     def _grammar_allows(self, token: int) -> bool:
         lc = self._lc
