@@ -101,6 +101,9 @@ def main() -> None:
     console = Console(stderr=True)
     config = load_config(args.config)
     manifest = read_manifest(args.run)
+    trained = load_config(args.run / "config.yaml") if (args.run / "config.yaml").is_file() else config
+    if trained.data.call_order != "first":
+        sys.exit(f"{args.run} keeps its calls where they were written, so its first token decides nothing.")
     gguf = args.gguf or next(iter(sorted((args.run / "gguf").glob("*[fF]16.gguf"))), None)
     if gguf is None or not gguf.is_file():
         sys.exit(f"{args.run} has no F16 GGUF file; export it (`dmforge export {args.run}`) or pass --gguf.")
