@@ -32,8 +32,9 @@ from tables import cell  # noqa: E402
 from dmforge.config import load_config  # noqa: E402
 from dmforge.contract.chat import ChatFormat  # noqa: E402
 from dmforge.dataset import to_conversation  # noqa: E402
+from dmforge.evaluation.metrics import opening_calls  # noqa: E402
 from dmforge.evaluation.runtime import Runtime  # noqa: E402
-from dmforge.evaluation.turns import eval_turns  # noqa: E402
+from dmforge.evaluation.turns import EvalTurn, eval_turns  # noqa: E402
 from dmforge.files import write_json, write_text  # noqa: E402
 from dmforge.registry.runs import read_manifest  # noqa: E402
 from dmforge.scenarios import check_paths  # noqa: E402
@@ -42,11 +43,8 @@ BIASES = [b / 2 for b in range(-8, 9)]  # -4 … +4 in halves: a logit's scale o
 KINDS = {"after a player": False, "after a result": True}
 
 
-def margins(runtime: Runtime, conversations: list[dict], setup: dict, decode, console: Console) -> list[dict]:
+def margins(runtime: Runtime, turns: list[EvalTurn], decode, console: Console) -> list[dict]:
     """One row per DM turn: its kind, whether the corpus calls there, and the model's opening margin."""
-    turns = eval_turns(
-        conversations, setup["fmt"], setup["tokenizer"], setup["n_ctx"], decode.n_predict, setup["max_turns"]
-    )
     rows = []
     columns = (TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeRemainingColumn())
     with Progress(*columns, console=console) as progress:
@@ -56,7 +54,7 @@ def margins(runtime: Runtime, conversations: list[dict], setup: dict, decode, co
                     "conversation": turn.conversation,
                     "index": turn.index,
                     "after_result": turn.tool_results is not None,
-                    "gold_calls": turn.gold.lstrip().startswith("["),
+                    "gold_calls": opening_calls(turn.gold) != "",
                     "margin": runtime.opening_margin(turn.prompt, decode),
                 }
             )
@@ -108,15 +106,18 @@ def main() -> None:
     if gguf is None or not gguf.is_file():
         sys.exit(f"{args.run} has no F16 GGUF file; export it (`dmforge export {args.run}`) or pass --gguf.")
     n_ctx = manifest.max_seq_len or config.train.max_seq_len
-    setup = {"fmt": ChatFormat(**manifest.chat_format), "tokenizer": AutoTokenizer.from_pretrained(args.run / "merged")}
-    setup |= {"n_ctx": n_ctx, "max_turns": args.max_turns}
+    fmt, tokenizer = ChatFormat(**manifest.chat_format), AutoTokenizer.from_pretrained(args.run / "merged")
     runtime = Runtime(gguf, n_ctx)
+
+    def measure(conversations: list[dict]) -> list[dict]:
+        turns = eval_turns(conversations, fmt, tokenizer, n_ctx, config.decode.n_predict, args.max_turns)
+        return margins(runtime, turns, config.decode, console)
+
     lines = (args.run / "dataset" / "validation.jsonl").read_text().splitlines()
-    sets = {"validation": margins(runtime, [json.loads(line) for line in lines], setup, config.decode, console)}
+    sets = {"validation": measure([json.loads(line) for line in lines])}
     if args.calibration:
         scenarios = check_paths([args.calibration]).scenarios
-        conversations = [to_conversation(s, config.data) for s in scenarios]
-        sets["calibration"] = margins(runtime, conversations, setup, config.decode, console)
+        sets["calibration"] = measure([to_conversation(s, config.data) for s in scenarios])
 
     report = {"gguf": str(gguf), "biases": BIASES, "turns": sets, "chosen": {}}
     out = [f"# Opening bias: {args.run.name} ({gguf.name})", ""]

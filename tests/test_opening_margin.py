@@ -40,10 +40,8 @@ def test_the_penalties_lower_a_token_the_prompt_just_used_and_leave_the_logits_a
     messages = [SYSTEM, {"role": "user", "content": "I roll, roll, roll the barrel down the hill."}]
     ids = runtime.prompt_ids(messages)
     runtime._load(ids)
-    raw = np.ctypeslib.as_array(
-        llama_cpp.llama_get_logits_ith(runtime.llm._ctx.ctx, -1), shape=(runtime.llm.n_vocab(),)
-    )
-    raw = raw.copy()
+    logits = llama_cpp.llama_get_logits_ith(runtime.llm._ctx.ctx, -1)
+    raw = np.ctypeslib.as_array(logits, shape=(runtime.llm.n_vocab(),)).copy()  # the next eval overwrites them
 
     plain = runtime.sampler(DecodeConfig(penalty_repeat=1.0, dry_multiplier=0.0), None, ids)
     strict = runtime.sampler(DecodeConfig(penalty_repeat=1.5, penalty_last_n=64, dry_multiplier=0.0), None, ids)
@@ -56,5 +54,6 @@ def test_the_penalties_lower_a_token_the_prompt_just_used_and_leave_the_logits_a
     assert np.allclose(unpenalized, raw)
     recent = ids[-1]  # the last prompt token is inside any penalty window
     assert penalized[recent] < raw[recent]  # divided by the penalty when positive, multiplied when negative
-    unseen = next(t for t in range(len(raw)) if t not in set(ids))
+    prompt = set(ids)
+    unseen = next(t for t in range(len(raw)) if t not in prompt)
     assert penalized[unseen] == raw[unseen]

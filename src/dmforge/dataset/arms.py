@@ -209,7 +209,7 @@ def swap_arms(scenario: Scenario, registry: Registry, seed: int, copy_index: int
             was = [c.normalized() for c in scenario.turns[index - 1].calls]
             now = swapped.turns[index - 1].calls
             for result in turn.results:
-                key = result.call.normalized()
-                result.call = now[was.index(key)] if key in was else result.call
+                if (key := result.call.normalized()) in was:
+                    result.call = now[was.index(key)]
             turn.text = "\n".join(f"{r.call} => {r.result}" for r in turn.results)
     return swapped if calls_intact(scenario, swapped, registry) else scenario
